@@ -1,0 +1,25 @@
+# Two commands set everything up: `make run` (a short search on the embedded task) and `make test`.
+# Each creates or updates .venv on first use (or when pyproject.toml changes) and skips the install after.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+
+.PHONY: run test lint setup
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade "pip>=23.2" >/dev/null
+	$(BIN)/python -m pip install -e ".[dev,ray]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/evonas cells list
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --durations=10 $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

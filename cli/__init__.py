@@ -1,0 +1,1 @@
+"""The `evonas` command line (click). Each command group lives in its own module."""

@@ -1,0 +1,1 @@
+"""Evolution: DEAP genetic programming over cells, selection, and the search loop."""
