@@ -1,0 +1,136 @@
+"""Compile a cell (DESIGN.md "Compiled cells") into a torch module that runs it over a whole sequence.
+
+Contract: `module.cell` is the canonical cell; `module.mm` holds one `nn.Linear` per `MM` in pre-order of
+`module.cell`, `module.diag` one vector per `Diag` and `module.layernorm` one `nn.LayerNorm` per `LayerNorm`,
+likewise in pre-order. `forward(x[T, B, I], state=None) -> (h[T, B, H], (h_T, c_T or None))`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from evonas.cells import Node, canonical, check, parse, preorder, to_text
+from evonas.cells.ops import INPUT_SOURCES
+from evonas.compiler_ops import ELEMENTWISE, position_encoding
+from evonas.errors import CellError
+
+State = tuple[Tensor, Tensor | None]
+
+
+def _node_sizes(cell: Node, input_size: int, hidden_size: int) -> list[int]:
+    """The vector size of every node's value, in pre-order."""
+    sizes: list[int] = []
+
+    def visit(n: Node) -> int:
+        slot = len(sizes)
+        sizes.append(0)
+        kids = [visit(c) for c in n.children]
+        if n.is_source:
+            size = input_size if n.op in INPUT_SOURCES else hidden_size
+        elif n.op == "MM":
+            size = hidden_size
+        else:
+            size = kids[0]
+        sizes[slot] = size
+        return size
+
+    visit(cell)
+    return sizes
+
+
+def _diag_vector(size: int) -> nn.Parameter:
+    """A Diag weight vector, initialised like PyTorch's recurrent weights: U(-1/sqrt(size), 1/sqrt(size))."""
+    bound = size**-0.5
+    return nn.Parameter(torch.empty(size).uniform_(-bound, bound))
+
+
+class CompiledCell(nn.Module):
+    """A cell as a sequence-level recurrent module (see the module docstring for the contract)."""
+
+    def __init__(self, cell: Node, input_size: int, hidden_size: int):
+        super().__init__()
+        self.cell = cell
+        self.text = to_text(cell)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.has_memory = any(n.op == "Memory" for n in preorder(cell))
+        sizes = _node_sizes(cell, input_size, hidden_size)
+        nodes = list(preorder(cell))
+        operand = {id(n): sizes[i + 1] for i, n in enumerate(nodes) if n.children}  # first child follows parent
+        self.mm = nn.ModuleList(nn.Linear(operand[id(n)], hidden_size) for n in nodes if n.op == "MM")
+        self.diag = nn.ParameterList(_diag_vector(operand[id(n)]) for n in nodes if n.op == "Diag")
+        self.layernorm = nn.ModuleList(nn.LayerNorm(operand[id(n)]) for n in nodes if n.op == "LayerNorm")
+
+    def extra_repr(self) -> str:
+        return f"{self.text!r}, input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+    def initial_state(self, x: Tensor, state: State | None) -> State:
+        """The given state, with zeros filled in where it is missing."""
+        batch = x.shape[1]
+        h0, c0 = state if state is not None else (None, None)
+        if h0 is None:
+            h0 = x.new_zeros(batch, self.hidden_size)
+        if self.has_memory and c0 is None:
+            c0 = x.new_zeros(batch, self.hidden_size)
+        return h0, (c0 if self.has_memory else None)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Run the cell over `x[T, B, I]` from `state` (zeros when None); return all h and the final state."""
+        return reference_forward(self, x, state)
+
+
+def reference_forward(module: CompiledCell, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    """Plain node-by-node evaluation, one step at a time: the correctness reference and speed baseline."""
+    if x.dim() != 3 or x.shape[2] != module.input_size:
+        raise ValueError(f"expected x of shape [T, B, {module.input_size}], got {list(x.shape)}")
+    steps = x.shape[0]
+    h, c = module.initial_state(x, state)
+    x_prev = torch.zeros_like(x[0]) if steps else None
+    pe_cache: dict[int, Tensor] = {}
+    outs: list[Tensor] = []
+    for t in range(steps):
+        env = {"x": x[t], "x_prev": x_prev, "h_prev": h, "c_prev": c}
+        counters = {"MM": 0, "Diag": 0, "LayerNorm": 0}
+        memory: list[Tensor] = []
+
+        def ev(n: Node, t: int = t, env: dict = env, counters: dict = counters, memory: list = memory) -> Tensor:
+            if n.is_source:
+                return env[n.op]
+            if n.op in counters:
+                k = counters[n.op]
+                counters[n.op] += 1
+                a = ev(n.children[0])
+                if n.op == "MM":
+                    return module.mm[k](a)
+                if n.op == "Diag":
+                    return module.diag[k] * a
+                return module.layernorm[k](a)
+            args = [ev(child) for child in n.children]
+            if n.op == "PosEnc":
+                size = args[0].shape[-1]
+                if size not in pe_cache:
+                    pe_cache[size] = position_encoding(steps, size, x.dtype, x.device)
+                return args[0] + pe_cache[size][t]
+            value = ELEMENTWISE[n.op](*args)
+            if n.op == "Memory":
+                memory.append(value)
+            return value
+
+        h = ev(module.cell)
+        if module.has_memory:
+            c = memory[0]
+        outs.append(h)
+        x_prev = x[t]
+    if not outs:
+        return x.new_zeros(0, x.shape[1], module.hidden_size), (h, c)
+    return torch.stack(outs), (h, c)
+
+
+def compile_cell(cell: Node | str, input_size: int, hidden_size: int) -> CompiledCell:
+    """Check and canonicalise a cell, then build its module (fresh weights, PyTorch default init)."""
+    if input_size < 1 or hidden_size < 1:
+        raise CellError(f"sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
+    node = parse(cell) if isinstance(cell, str) else cell
+    node = canonical(check(node, input_size, hidden_size))
+    return CompiledCell(node, input_size, hidden_size)

@@ -1,0 +1,65 @@
+"""Operator semantics of the cell language as torch functions (shared by the reference and fast evaluators)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DIV_EPS = 1e-3
+LEAKY_SLOPE = 0.01
+
+
+def safe_div(a: Tensor, b: Tensor) -> Tensor:
+    """`a / (b + 1e-3 * sgn(b))` with sgn(0) = 1, so the denominator is never zero."""
+    sign = (b >= 0).to(b.dtype) * 2.0 - 1.0
+    return a / (b + DIV_EPS * sign)
+
+
+def gate3(a: Tensor, b: Tensor, g: Tensor) -> Tensor:
+    """`g * a + (1 - g) * b`, written as `b + g * (a - b)` (same value, fewer kernels)."""
+    return torch.addcmul(b, g, a - b)
+
+
+def leaky_relu(a: Tensor) -> Tensor:
+    """LeakyReLU with slope 0.01."""
+    return F.leaky_relu(a, LEAKY_SLOPE)
+
+
+def identity(a: Tensor) -> Tensor:
+    """Memory's value is its argument."""
+    return a
+
+
+# Parameter-free operators: name -> function of the argument values.
+ELEMENTWISE: dict[str, Callable[..., Tensor]] = {
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "ReLU": torch.relu,
+    "Add": torch.add,
+    "Mult": torch.mul,
+    "Sub": torch.sub,
+    "Div": safe_div,
+    "Gate3": gate3,
+    "Memory": identity,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "SELU": F.selu,
+    "LeakyReLU": leaky_relu,
+}
+
+
+def position_encoding(steps: int, size: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """Sinusoidal encoding of step indices 0..steps-1 (Vaswani et al. 2017): `[steps, size]`.
+
+    P[t, 2i] = sin(t / 10000^(2i/size)), P[t, 2i+1] = cos(t / 10000^(2i/size)).
+    """
+    pos = torch.arange(steps, dtype=torch.float64, device=device).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, size, 2, dtype=torch.float64, device=device) * (-math.log(10000.0) / size))
+    pe = torch.zeros(steps, size, dtype=torch.float64, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: size // 2])
+    return pe.to(dtype)
