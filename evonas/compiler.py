@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from evonas.cells import Node, canonical, check, parse, preorder, to_text
 from evonas.cells.ops import INPUT_SOURCES
+from evonas.compiler_fast import Plan, fast_forward
 from evonas.compiler_ops import ELEMENTWISE, position_encoding
 from evonas.errors import CellError
 
@@ -48,8 +49,9 @@ def _diag_vector(size: int) -> nn.Parameter:
 class CompiledCell(nn.Module):
     """A cell as a sequence-level recurrent module (see the module docstring for the contract)."""
 
-    def __init__(self, cell: Node, input_size: int, hidden_size: int):
+    def __init__(self, cell: Node, input_size: int, hidden_size: int, fast: bool = True):
         super().__init__()
+        self.fast = fast  # False: run the plain node-by-node reference evaluator
         self.cell = cell
         self.text = to_text(cell)
         self.input_size = input_size
@@ -61,6 +63,7 @@ class CompiledCell(nn.Module):
         self.mm = nn.ModuleList(nn.Linear(operand[id(n)], hidden_size) for n in nodes if n.op == "MM")
         self.diag = nn.ParameterList(_diag_vector(operand[id(n)]) for n in nodes if n.op == "Diag")
         self.layernorm = nn.ModuleList(nn.LayerNorm(operand[id(n)]) for n in nodes if n.op == "LayerNorm")
+        self.plan = Plan(cell, input_size, hidden_size)
 
     def extra_repr(self) -> str:
         return f"{self.text!r}, input_size={self.input_size}, hidden_size={self.hidden_size}"
@@ -77,13 +80,24 @@ class CompiledCell(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the cell over `x[T, B, I]` from `state` (zeros when None); return all h and the final state."""
-        return reference_forward(self, x, state)
+        if not self.fast:
+            return reference_forward(self, x, state)
+        _check_input(self, x)
+        h, c = self.initial_state(x, state)
+        if x.shape[0] == 0:
+            return x.new_zeros(0, x.shape[1], self.hidden_size), (h, c)
+        out, h, c = fast_forward(self.plan, self, x, h, c)
+        return out, (h, c)
+
+
+def _check_input(module: CompiledCell, x: Tensor) -> None:
+    if x.dim() != 3 or x.shape[2] != module.input_size:
+        raise ValueError(f"expected x of shape [T, B, {module.input_size}], got {list(x.shape)}")
 
 
 def reference_forward(module: CompiledCell, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
     """Plain node-by-node evaluation, one step at a time: the correctness reference and speed baseline."""
-    if x.dim() != 3 or x.shape[2] != module.input_size:
-        raise ValueError(f"expected x of shape [T, B, {module.input_size}], got {list(x.shape)}")
+    _check_input(module, x)
     steps = x.shape[0]
     h, c = module.initial_state(x, state)
     x_prev = torch.zeros_like(x[0]) if steps else None

@@ -1,0 +1,369 @@
+"""The fast evaluator of a compiled cell: a plan built once per module, run once per `forward`.
+
+What makes it fast (DESIGN.md "Compiled cells"):
+- values are shared by structure: equal subtrees without weights (e.g. `h_prev`) are computed once;
+- every value that depends only on `x`/`x_prev` (and the step index, for `PosEnc`) is computed for all
+  steps at once, outside the time loop; MMs reading the same such operand are one matrix product;
+- per step, all MMs reading the same operand are one `addmm` with their weights concatenated; an
+  `Add(static, MM(dynamic))` is folded into that `addmm` as its additive term, so the LSTM's step is
+  one `addmm` plus its pointwise operators, as in PyTorch's own LSTM.
+The weights are concatenated from `module.mm` inside each forward, so gradients reach the contract's
+parameters. The plan itself holds no tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from evonas.cells import Node
+from evonas.cells.ops import INPUT_SOURCES
+from evonas.compiler_ops import ELEMENTWISE, position_encoding
+
+PARAM_OPS = ("MM", "Diag", "LayerNorm")
+Slots = list  # the per-forward value table: slot index -> tensor
+
+
+@dataclass
+class Value:
+    """One distinct value of the cell (structurally shared); `param` indexes module.mm/diag/layernorm."""
+
+    op: str
+    param: int
+    args: tuple[int, ...]
+    size: int
+    static: bool
+
+
+@dataclass
+class Group:
+    """MMs (value ids) reading one operand, concatenated into one product; `fold[i]` is an Add folded in."""
+
+    operand: int
+    members: list[int]
+    fold: list[int | None]  # per member: the static addend's value id, or None
+    adds: list[int | None]  # per member: the folded Add's value id, or None
+
+
+class Plan:
+    """The cell as shared values, static/dynamic split, MM groups and the per-step instruction list."""
+
+    def __init__(self, cell: Node, input_size: int, hidden_size: int):
+        self.hidden = hidden_size
+        self.values: list[Value] = []
+        self.memory: int | None = None
+        keys: dict[tuple, int] = {}
+        counters = dict.fromkeys(PARAM_OPS, 0)
+
+        def visit(n: Node) -> int:
+            param = -1
+            if n.op in counters:  # numbered on entry: pre-order, the order of module.mm/diag/layernorm
+                param = counters[n.op]
+                counters[n.op] += 1
+            args = tuple(visit(c) for c in n.children)
+            key = (n.op, param, args)
+            if key not in keys:
+                if n.is_source:
+                    size = input_size if n.op in INPUT_SOURCES else hidden_size
+                    static = n.op in INPUT_SOURCES
+                else:
+                    size = hidden_size if n.op == "MM" else self.values[args[0]].size
+                    static = all(self.values[a].static for a in args)
+                keys[key] = len(self.values)
+                self.values.append(Value(n.op, param, args, size, static))
+            if n.op == "Memory":
+                self.memory = keys[key]
+            return keys[key]
+
+        self.root = visit(cell)
+        self._group()
+        self._schedule()
+
+    def _group(self) -> None:
+        """Group MMs by operand (static and dynamic apart) and fold `Add(static, MM(dynamic))`."""
+        consumers: dict[int, list[int]] = {}
+        for vid, v in enumerate(self.values):
+            for a in v.args:
+                consumers.setdefault(a, []).append(vid)
+        self.static_groups: dict[int, Group] = {}
+        self.dynamic_groups: dict[int, Group] = {}
+        for vid, v in enumerate(self.values):
+            if v.op != "MM":
+                continue
+            groups = self.static_groups if v.static else self.dynamic_groups
+            group = groups.setdefault(v.args[0], Group(v.args[0], [], [], []))
+            group.members.append(vid)
+            addend = add = None
+            parents = consumers.get(vid, [])
+            if not v.static and len(parents) == 1 and self.values[parents[0]].op == "Add":
+                other = [a for a in self.values[parents[0]].args if a != vid]
+                if len(other) == 1 and self.values[other[0]].static:
+                    addend, add = other[0], parents[0]
+            group.fold.append(addend)
+            group.adds.append(add)
+        # A dynamic group whose addends are exactly the members of one static group (the LSTM/GRU case):
+        # compute its additive term directly as one product, weights ordered like the dynamic group.
+        self.paired: dict[int, Group] = {}  # dynamic operand -> static group producing its additive term
+        used: set[int] = set()
+        for op_vid, g in self.dynamic_groups.items():
+            if any(f is None for f in g.fold):
+                continue
+            sg = self.static_groups.get(self.values[g.fold[0]].args[0]) if self.values[g.fold[0]].op == "MM" else None
+            if sg is None or sg.operand in used or sorted(sg.members) != sorted(g.fold):
+                continue
+            used.add(sg.operand)
+            self.paired[op_vid] = Group(sg.operand, list(g.fold), [None] * len(g.fold), [None] * len(g.fold))
+        for operand in used:
+            del self.static_groups[operand]
+
+    def _schedule(self) -> None:
+        """Per-step instructions (closures over slot numbers) in dependency order."""
+        self.slot_of: dict[int, int] = {}
+        self.instructions: list[Callable[[Slots], None]] = []
+        self.feeds: list[tuple[int, str, int]] = []  # (slot, kind, id): per-step inputs from static tensors
+        self.consts: list[tuple[int, str, int]] = []  # (slot, kind, id): per-forward tensors (weights)
+        self.n_slots = 0
+        self.h_slot = self._new_slot()
+        self.c_slot = self._new_slot()
+        for vid, v in enumerate(self.values):
+            if v.op == "h_prev":
+                self.slot_of[vid] = self.h_slot
+            elif v.op == "c_prev":
+                self.slot_of[vid] = self.c_slot
+        self.root_slot = self._emit(self.root)
+        self.memory_slot = None
+        if self.memory is not None and not self.values[self.memory].static:
+            self.memory_slot = self._emit(self.memory)
+
+    def _new_slot(self, count: int = 1) -> int:
+        self.n_slots += count
+        return self.n_slots - count
+
+    def _const(self, kind: str, ident: int) -> int:
+        slot = self._new_slot()
+        self.consts.append((slot, kind, ident))
+        return slot
+
+    def _emit(self, vid: int) -> int:
+        """The slot holding value `vid` during a step, emitting the instructions that compute it."""
+        if vid in self.slot_of:
+            return self.slot_of[vid]
+        v = self.values[vid]
+        if v.static:
+            slot = self._new_slot()
+            self.feeds.append((slot, "static", vid))
+        elif v.op == "MM" or (v.op == "Add" and self._folded_group(vid) is not None):
+            self._emit_group(self.dynamic_groups[self._group_operand(vid)])
+            return self.slot_of[vid]
+        elif v.op == "Memory":
+            slot = self._emit(v.args[0])
+        else:
+            slot = self._emit_op(v, [self._emit(a) for a in v.args])
+        self.slot_of[vid] = slot
+        return slot
+
+    def _folded_group(self, add_vid: int) -> Group | None:
+        for g in self.dynamic_groups.values():
+            if add_vid in g.adds:
+                return g
+        return None
+
+    def _group_operand(self, vid: int) -> int:
+        v = self.values[vid]
+        if v.op == "MM":
+            return v.args[0]
+        group = self._folded_group(vid)
+        assert group is not None
+        return group.operand
+
+    def _emit_group(self, g: Group) -> None:
+        a = self._emit(g.operand)
+        k, hidden = len(g.members), self.hidden
+        w = self._const("group_weight_t", g.operand)
+        out = self._new_slot(k)
+        for i, (m, add) in enumerate(zip(g.members, g.adds, strict=True)):
+            self.slot_of[add if add is not None else m] = out + i
+        if any(f is not None for f in g.fold):
+            term = self._new_slot()
+            self.feeds.append((term, "group_term", g.operand))
+        else:
+            term = self._const("group_bias", g.operand)
+        addmm = torch.addmm
+        if k == 1:
+
+            def run(s: Slots) -> None:
+                s[out] = addmm(s[term], s[a], s[w])
+
+        else:
+
+            def run(s: Slots) -> None:
+                s[out : out + k] = addmm(s[term], s[a], s[w]).split(hidden, 1)
+
+        self.instructions.append(run)
+
+    def _emit_op(self, v: Value, args: list[int]) -> int:
+        out = self._new_slot()
+        if v.op == "Diag":
+            w, (i,) = self._const("diag", v.param), args
+
+            def run(s: Slots) -> None:
+                s[out] = s[w] * s[i]
+
+        elif v.op == "LayerNorm":
+            wb, (i,), shape = self._new_slot(2), args, (v.size,)
+            self.consts.append((wb, "layernorm", v.param))
+            layer_norm = F.layer_norm
+
+            def run(s: Slots) -> None:
+                s[out] = layer_norm(s[i], shape, s[wb], s[wb + 1])
+
+        elif v.op == "PosEnc":
+            p, (i,) = self._new_slot(), args
+            self.feeds.append((p, "posenc", v.size))
+
+            def run(s: Slots) -> None:
+                s[out] = s[i] + s[p]
+
+        else:
+            run = _pointwise(ELEMENTWISE[v.op], args, out)
+        self.instructions.append(run)
+        return out
+
+
+def _pointwise(fn: Callable[..., Tensor], args: list[int], out: int) -> Callable[[Slots], None]:
+    """An instruction applying a parameter-free operator to slots."""
+    if len(args) == 1:
+        (i,) = args
+
+        def run(s: Slots) -> None:
+            s[out] = fn(s[i])
+
+    elif len(args) == 2:
+        i, j = args
+
+        def run(s: Slots) -> None:
+            s[out] = fn(s[i], s[j])
+
+    else:
+        i, j, k = args
+
+        def run(s: Slots) -> None:
+            s[out] = fn(s[i], s[j], s[k])
+
+    return run
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """Concatenate along dim 0, skipping the copy for a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def fast_forward(
+    plan: Plan, module: torch.nn.Module, x: Tensor, h: Tensor, c: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run the plan over `x[T, B, I]` (T >= 1) from state (h, c); return all h, h_T and c_T."""
+    steps, batch = x.shape[0], x.shape[1]
+    values, hidden = plan.values, plan.hidden
+    weights = [lin.weight for lin in module.mm]
+    biases = [lin.bias for lin in module.mm]
+    cache: dict[int, Tensor] = {}
+    pe_cache: dict[int, Tensor] = {}
+
+    def posenc(size: int) -> Tensor:
+        if size not in pe_cache:
+            pe_cache[size] = position_encoding(steps, size, x.dtype, x.device)
+        return pe_cache[size]
+
+    def mm_product(operand: int, members: list[int], extra_bias: list[int] | None = None) -> Tensor:
+        """One product of a static operand with the concatenated weights of `members` (all steps at once)."""
+        w = _cat([weights[values[m].param] for m in members])
+        bs = [biases[values[m].param] for m in members]
+        if extra_bias is not None:
+            bs = [b + biases[values[e].param] for b, e in zip(bs, extra_bias, strict=True)]
+        return F.linear(static(operand), w, _cat(bs))
+
+    def static(vid: int) -> Tensor:
+        """A static value for all steps at once, `[T, B, size]`."""
+        if vid in cache:
+            return cache[vid]
+        v = values[vid]
+        if v.op == "x":
+            r = x
+        elif v.op == "x_prev":
+            r = torch.cat([x.new_zeros(1, batch, x.shape[2]), x[:-1]])
+        elif v.op == "MM":
+            g = plan.static_groups[v.args[0]]
+            out = mm_product(g.operand, g.members)
+            for m, part in zip(g.members, out.split(hidden, -1), strict=True):
+                cache[m] = part
+            return cache[vid]
+        elif v.op == "Diag":
+            r = module.diag[v.param] * static(v.args[0])
+        elif v.op == "LayerNorm":
+            r = module.layernorm[v.param](static(v.args[0]))
+        elif v.op == "PosEnc":
+            r = static(v.args[0]) + posenc(v.size).unsqueeze(1)
+        else:
+            r = ELEMENTWISE[v.op](*[static(a) for a in v.args])
+        cache[vid] = r
+        return r
+
+    def group_term(operand: int) -> Tensor:
+        """The additive term of a dynamic group's addmm for all steps: folded static addends plus biases."""
+        g = plan.dynamic_groups[operand]
+        if operand in plan.paired:
+            sg = plan.paired[operand]
+            return mm_product(sg.operand, sg.members, extra_bias=g.members)
+        zeros = x.new_zeros(steps, batch, hidden)
+        blocks = [static(f) if f is not None else zeros for f in g.fold]
+        bias = torch.cat([biases[values[m].param] for m in g.members])
+        return torch.cat(blocks, -1) + bias
+
+    slots: list = [None] * plan.n_slots
+    for slot, kind, ident in plan.consts:
+        if kind == "group_weight_t":
+            members = plan.dynamic_groups[ident].members
+            slots[slot] = _cat([weights[values[m].param] for m in members]).t()
+        elif kind == "group_bias":
+            bs = [biases[values[m].param] for m in plan.dynamic_groups[ident].members]
+            slots[slot] = _cat(bs)
+        elif kind == "diag":
+            slots[slot] = module.diag[ident]
+        else:  # layernorm: weight and bias in two slots
+            ln = module.layernorm[ident]
+            slots[slot], slots[slot + 1] = ln.weight, ln.bias
+    feeds: list[tuple[int, tuple[Tensor, ...]]] = []
+    for slot, kind, ident in plan.feeds:
+        if kind == "static":
+            seq = static(ident)
+        elif kind == "group_term":
+            seq = group_term(ident)
+        else:
+            seq = posenc(ident)
+        feeds.append((slot, seq.unbind(0)))
+    memory_seq = None
+    if plan.memory is not None and values[plan.memory].static:
+        memory_seq = static(plan.memory).unbind(0)
+
+    instructions, root, h_slot, c_slot, mem_slot = (
+        plan.instructions, plan.root_slot, plan.h_slot, plan.c_slot, plan.memory_slot
+    )
+    slots[h_slot], slots[c_slot] = h, c
+    outs: list[Tensor] = []
+    for t in range(steps):
+        for slot, seq in feeds:
+            slots[slot] = seq[t]
+        for run in instructions:
+            run(slots)
+        h = slots[root]
+        outs.append(h)
+        slots[h_slot] = h
+        if mem_slot is not None:
+            slots[c_slot] = slots[mem_slot]
+        elif memory_seq is not None:
+            slots[c_slot] = memory_seq[t]
+    return torch.stack(outs), h, slots[c_slot] if plan.memory is not None else None
