@@ -1,0 +1,177 @@
+"""The run config: a dataclass read from YAML plus command-line overrides; a bad key or value is a ConfigError."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evonas.cells import FilterConfig, op_set
+from evonas.errors import ConfigError
+from evonas.evolution.select import SELECTIONS
+
+BACKENDS = ("local", "ray")
+SURROGATES = ("none", "treelstm", "gnn")
+MUTATIONS = ("uniform", "node_replace", "insert", "shrink", "memory")
+# Default structural filters of a search. Schrimpf et al. allow 21 nodes, which excludes the LSTM itself
+# (31 nodes; GRU has 21). 36 lets LSTM-sized offspring exist (an LSTM plus a peephole or an extra gate term)
+# while keeping trees small enough to train quickly. Height 10 leaves LSTM (height 8) room for an insert.
+DEFAULT_FILTERS = {"max_nodes": 36, "max_height": 10}
+
+
+@dataclass
+class RunConfig:
+    """Everything a search needs; `train` holds extra TrainConfig fields (hidden, steps, epochs, lr, ...)."""
+
+    task: str = "synthetic"
+    data: str | None = None
+    generations: int = 4
+    population: int = 8
+    offspring: int = 6  # cells trained per generation
+    workers: int = 2
+    backend: str = "local"
+    ray_address: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    seed_cells: list[str] = field(default_factory=lambda: ["tanh_rnn", "lstm", "gru"])
+    surrogate: str = "none"
+    screen_factor: int = 4  # with a screen: candidates generated per cell trained
+    explore_share: float = 0.25  # with a screen: share of the trained cells drawn by weighted sampling
+    selection: str = "tournament"
+    tournament_size: int = 3
+    elite: int = 2
+    hof_size: int = 10
+    ops: str | list[str] = "core"
+    filters: dict = field(default_factory=lambda: dict(DEFAULT_FILTERS))
+    init_min_height: int = 2
+    init_max_height: int = 5
+    mut_max_height: int = 3
+    cx_prob: float = 0.3
+    mutation: dict = field(default_factory=lambda: {"uniform": 1.0, "node_replace": 1.0, "insert": 1.0,
+                                                    "shrink": 0.7, "memory": 0.5})
+    eval_timeout: float | None = None  # seconds per evaluation (None = no limit)
+    best_k: int = 10  # cells written to best_cells.json
+    train: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "config") -> RunConfig:
+        """Build and validate; unknown keys and bad values raise ConfigError naming key and value."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+        """Read a YAML file (or the defaults when None) and apply overrides whose value is not None."""
+        data: dict = {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            try:
+                data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                data[k] = v
+        return cls.from_dict(data, where=str(path) if path else "config")
+
+    def to_dict(self) -> dict:
+        """Plain, JSON/YAML-safe dict (the copy saved in the run folder and checkpoint)."""
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad key and its value."""
+
+        def bad(key: str, want: str) -> ConfigError:
+            return ConfigError(f"{key} must be {want}, got {getattr(self, key)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for key, lo in (("generations", 0), ("population", 1), ("offspring", 1), ("workers", 1), ("seed", 0),
+                        ("screen_factor", 1), ("tournament_size", 1), ("elite", 0), ("hof_size", 1),
+                        ("init_min_height", 1), ("init_max_height", 1), ("mut_max_height", 0), ("best_k", 1)):
+            if not is_int(getattr(self, key)) or getattr(self, key) < lo:
+                raise bad(key, f"an integer >= {lo}")
+        if self.init_max_height < self.init_min_height:
+            raise bad("init_max_height", f">= init_min_height ({self.init_min_height})")
+        for key in ("cx_prob", "explore_share"):
+            v = getattr(self, key)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise bad(key, "a number in [0, 1]")
+        for key, choices in (("backend", BACKENDS), ("surrogate", SURROGATES), ("selection", SELECTIONS)):
+            if getattr(self, key) not in choices:
+                raise bad(key, f"one of {', '.join(choices)}")
+        if not isinstance(self.task, str) or not self.task:
+            raise bad("task", "a task name (synthetic, text, music)")
+        for key in ("data", "ray_address", "out"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise bad(key, "a string")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
+                                                    or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise bad("device", "auto, cpu, cuda or cuda:N")
+        if self.eval_timeout is not None and (not isinstance(self.eval_timeout, int | float) or self.eval_timeout <= 0):
+            raise bad("eval_timeout", "a positive number of seconds or null")
+        if isinstance(self.seed_cells, str):
+            self.seed_cells = [s.strip() for s in self.seed_cells.split(",") if s.strip()]
+        if not isinstance(self.seed_cells, list) or not all(isinstance(s, str) for s in self.seed_cells):
+            raise bad("seed_cells", "a list of cell-library names or cell texts")
+        try:
+            op_set(self.ops)
+        except ConfigError as e:
+            raise ConfigError(f"ops: {e}") from None
+        if not isinstance(self.filters, dict):
+            raise bad("filters", "a mapping")
+        self.filter_config()
+        if not isinstance(self.mutation, dict) or not self.mutation:
+            raise bad("mutation", f"a mapping from {', '.join(MUTATIONS)} to weights")
+        for k, v in self.mutation.items():
+            if k not in MUTATIONS:
+                raise ConfigError(f"mutation: unknown key {k!r}; known: {', '.join(MUTATIONS)}")
+            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"mutation.{k} must be a weight >= 0, got {v!r}")
+        if not self.mutation_weights():
+            raise bad("mutation", "a mapping with at least one positive weight usable with the operator set")
+        if not isinstance(self.train, dict):
+            raise bad("train", "a mapping of training settings")
+        for k in ("task", "data", "device", "seed"):
+            if k in self.train:
+                raise ConfigError(f"train.{k}: set {k} at the top level of the config, not under train")
+
+    # ------------------------------------------------------------ derived settings
+
+    def filter_config(self) -> FilterConfig:
+        """The structural filters of this run (defaults from DEFAULT_FILTERS, then the config's `filters`)."""
+        return FilterConfig.from_dict({**DEFAULT_FILTERS, **self.filters})
+
+    def mutation_weights(self) -> dict[str, float]:
+        """Positive mutation weights; `memory` only when Memory is in the operator set."""
+        ops = op_set(self.ops)
+        return {k: float(v) for k, v in self.mutation.items() if v > 0 and (k != "memory" or "Memory" in ops)}
+
+    def train_dict(self) -> dict:
+        """The TrainConfig of every evaluation, as a validated dict (the archive's budget)."""
+        from evonas.train import TrainConfig
+
+        d = {**self.train, "task": self.task, "data": self.data, "device": self.device, "seed": self.seed}
+        try:
+            return TrainConfig.from_dict(d).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"train: {e}") from None
