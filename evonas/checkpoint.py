@@ -1,0 +1,178 @@
+"""Run checkpoints: JSON written atomically, the previous one kept; RNG states to JSON and back.
+
+Contract:
+- `save_checkpoint(run_dir, state)` writes `run_dir/checkpoint.json` as {"format_version": 1, **state}:
+  temporary file in the same folder, flush + fsync, the current good checkpoint renamed to
+  `checkpoint.prev.json`, the temporary file renamed over `checkpoint.json`, folder fsynced. A crash at any
+  moment leaves a readable checkpoint (the new one, or the previous one). A garbled current file is not
+  rotated into `.prev` (the good previous one is kept).
+- `load_checkpoint(run_dir)` returns the state dict (with "format_version"). A missing, truncated or
+  garbled `checkpoint.json` gives a warning naming the file and the previous one is used; both bad (or none
+  there) raises CheckpointError naming the files. A checkpoint of another format version raises
+  CheckpointError (no fallback: an older checkpoint would silently rewind the run).
+- JSON only (no pickle). Non-finite floats round-trip through Python's NaN/Infinity tokens.
+- `capture_rng()` / `restore_rng(state)`: Python `random` (global or a given Random), numpy's global
+  RandomState and torch's CPU generator as JSON-safe lists, restored exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from evonas.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.json"
+PREVIOUS = "checkpoint.prev.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> dict:
+    """Parse one checkpoint file; raises CheckpointError (bad file) naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or garbled: {exc}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an evonas checkpoint (no format_version)")
+    return state
+
+
+class _VersionError(CheckpointError):
+    """A readable checkpoint of another format version."""
+
+
+def _check_version(path: Path, state: dict) -> dict:
+    if state["format_version"] != FORMAT_VERSION:
+        raise _VersionError(
+            f"checkpoint {path} has format version {state['format_version']!r}; "
+            f"this evonas reads version {FORMAT_VERSION}"
+        )
+    return state
+
+
+def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
+    """Write the run state atomically as `run_dir/checkpoint.json`, keeping the previous one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if "format_version" in state and state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"cannot save a checkpoint of format version {state['format_version']!r}")
+    text = json.dumps({**state, "format_version": FORMAT_VERSION}, indent=1)
+    current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if current.exists():
+            try:
+                _check_version(current, _read(current))
+                os.replace(current, previous)
+            except CheckpointError:
+                pass  # a bad current file is overwritten, the good previous one stays
+        os.replace(tmp, current)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(run_dir)
+    return current
+
+
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """The latest good checkpoint of a run (falls back to the previous one with a warning)."""
+    run_dir = Path(run_dir)
+    current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if not current.exists() and not previous.exists():
+        raise CheckpointError(f"no checkpoint in {run_dir} (looked for {CHECKPOINT} and {PREVIOUS})")
+    try:
+        return _check_version(current, _read(current))
+    except _VersionError:
+        raise
+    except CheckpointError as first:
+        try:
+            state = _check_version(previous, _read(previous))
+        except _VersionError:
+            raise
+        except CheckpointError as second:
+            raise CheckpointError(f"no usable checkpoint: {first}; {second}") from None
+        warnings.warn(f"{first}; using the previous checkpoint {previous}", stacklevel=2)
+        return state
+
+
+# ---------------------------------------------------------------- random number generator states
+
+
+def python_rng_to_json(state: tuple) -> list:
+    """`random.getstate()` as JSON-safe nested lists."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def python_rng_from_json(data: list) -> tuple:
+    """Inverse of `python_rng_to_json`, ready for `random.setstate`."""
+    version, internal, gauss = data
+    return (version, tuple(int(x) for x in internal), gauss)
+
+
+def capture_rng(py: random.Random | None = None, torch: bool | None = None) -> dict:
+    """All RNG states as JSON: python (`py` or the global one), numpy global, torch CPU.
+
+    torch=None captures torch only if it is already imported (the state of an unused generator is moot).
+    """
+    state: dict[str, Any] = {"python": python_rng_to_json((py or random).getstate())}
+    try:
+        import numpy as np
+    except ImportError:  # numpy is a dependency, but the state helpers do not need it
+        np = None
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+    if torch or (torch is None and "torch" in sys.modules):
+        import torch as th
+
+        state["torch"] = [int(b) for b in th.get_rng_state().tolist()]
+    return state
+
+
+def restore_rng(state: dict, py: random.Random | None = None) -> None:
+    """Set every RNG captured by `capture_rng` back to exactly that state."""
+    try:
+        (py or random).setstate(python_rng_from_json(state["python"]))
+        if "numpy" in state:
+            import numpy as np
+
+            name, keys, pos, has_gauss, cached = state["numpy"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if "torch" in state:
+            import torch as th
+
+            th.set_rng_state(th.tensor(state["torch"], dtype=th.uint8))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"bad RNG state in checkpoint: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,390 @@
+"""Evaluators: train many cells in parallel and report each result as it arrives.
+
+Contract (every backend; `tests/test_evaluators.py` checks it against each one):
+- `Evaluator.run(jobs, on_result)` evaluates every job and calls `on_result(job, result)` exactly once per
+  job, in the calling process, as each one finishes (any order). It returns when all are reported.
+- It never raises for one job's failure. An exception in the job function, a worker that dies (os._exit,
+  SIGKILL, segfault, out of memory) or an evaluation over its time limit gives
+  `EvalResult(cell=job.key, status="failed", reason=...)`; the reason says what happened
+  ("ValueError: boom (jobs.py:12 in f)", "worker died (exit code -9, SIGKILL)", "timed out after 30 s").
+  The backend recovers (replaces the dead worker) and the remaining jobs still run.
+- An exception raised by `on_result` itself propagates out of `run` (after in-flight work is stopped).
+- `close()` stops all workers; evaluators are context managers. They may be reused for many `run` calls.
+
+The function run per job is `fn(job) -> EvalResult` (default `train_job`, which calls
+`evonas.train.evaluate`). It must be a module-level function so that worker processes can import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import TYPE_CHECKING, Any
+
+from evonas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from evonas.train import EvalResult
+
+OnResult = Callable[["Job", "EvalResult"], None]
+JobFn = Callable[["Job"], "EvalResult"]
+
+# Consecutive worker deaths before any job was handed over, after which the pool gives up.
+MAX_START_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation: a cell (canonical `key`, written `cell`) under a training config dict."""
+
+    key: str
+    cell: str
+    config: dict = field(hash=False)
+    generation: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-safe when the config is) for sending to workers."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Job:
+        """Inverse of `to_dict`."""
+        return cls(key=d["key"], cell=d["cell"], config=dict(d["config"]), generation=int(d.get("generation", 0)))
+
+
+def train_job(job: Job) -> EvalResult:
+    """Default job function: train the cell with `evonas.train.evaluate` under the job's config."""
+    from evonas.train import TrainConfig, evaluate
+
+    return evaluate(job.cell, TrainConfig.from_dict(job.config))
+
+
+def failed_result(job: Job, reason: str, seconds: float = 0.0) -> EvalResult:
+    """The EvalResult recorded for a job that could not be evaluated."""
+    from evonas.train import EvalResult
+
+    return EvalResult(cell=job.key, status="failed", reason=reason, seconds=float(seconds))
+
+
+class Evaluator(ABC):
+    """Runs jobs in parallel; see the module docstring for the contract."""
+
+    @abstractmethod
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        """Evaluate all jobs, calling `on_result(job, result)` in this process as each finishes."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release workers (idempotent)."""
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- shared helpers (also used by Ray tasks)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line: `Type: message (file.py:line in func)` for the innermost frame."""
+    msg = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    return text
+
+
+def call_job(fn: JobFn, job: Job) -> tuple:
+    """Run one job in a worker; returns ("result", result dict) or ("failed", reason, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        res = fn(job)
+    except Exception as exc:  # recorded as a failed evaluation, with the message
+        return ("failed", describe_exception(exc), time.perf_counter() - t0)
+    if isinstance(res, dict):
+        return ("result", dict(res))
+    to_dict = getattr(res, "to_dict", None)
+    if callable(to_dict):
+        return ("result", to_dict())
+    return ("failed", f"job function returned {type(res).__name__}, not EvalResult", time.perf_counter() - t0)
+
+
+def result_from_message(job: Job, msg: tuple) -> EvalResult:
+    """Turn a worker's ("result", dict) / ("failed", reason, seconds) message into an EvalResult."""
+    from evonas.train import EvalResult
+
+    if msg[0] == "failed":
+        return failed_result(job, msg[1], msg[2])
+    try:
+        return EvalResult.from_dict(msg[1])
+    except Exception as exc:  # a malformed result is a failed evaluation, not a crash of the run
+        return failed_result(job, f"bad result from job function: {describe_exception(exc)}")
+
+
+def fn_reference(fn: JobFn) -> tuple[str, str] | JobFn:
+    """("module", "qualname") for a module-level function, so workers import it after their setup."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise ConfigError(f"evaluator fn must be a module-level function, not {fn!r}")
+    if module == "__main__":
+        return fn  # re-imported by the spawn machinery as __mp_main__
+    return (module, qualname)
+
+
+def resolve_fn(ref: tuple[str, str] | JobFn) -> JobFn:
+    """Inverse of `fn_reference`."""
+    if callable(ref):
+        return ref
+    obj: Any = importlib.import_module(ref[0])
+    for part in ref[1].split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker: the machine's cores shared evenly, at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def _device_env(device: str | None) -> dict[str, str]:
+    """Environment pinning a worker to `device` ("cpu", "cuda", "cuda:N"; None = inherit)."""
+    if device is None:
+        return {}
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", "EVONAS_DEVICE": "cpu"}
+    if device == "cuda":
+        return {"EVONAS_DEVICE": "cuda"}
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return {"CUDA_VISIBLE_DEVICES": device[5:], "EVONAS_DEVICE": "cuda"}
+    raise ConfigError(f"bad device {device!r}: expected cpu, cuda or cuda:N")
+
+
+# ---------------------------------------------------------------- local process pool
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker as soon as the process that started it is gone (no orphaned training)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, parent_pid: int) -> None:
+    """Worker process: set up threads/device, then answer one job at a time until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    os.environ.update(env)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        fn = resolve_fn(fn_ref)
+    except Exception as exc:  # reported to the parent, which stops spawning workers
+        conn.send(("fatal", f"cannot load job function: {describe_exception(exc)}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        job = Job.from_dict(msg)
+        conn.send(call_job(fn, job))
+
+
+class _Worker:
+    """Parent-side handle of one worker process."""
+
+    def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int):
+        self.slot, self.device = slot, device
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child_conn, fn_ref, _device_env(device), threads, os.getpid()),
+            name=f"evonas-worker-{slot}",
+        )
+        self.proc.start()
+        child_conn.close()
+        self.conn = parent_conn
+        self.ready = False
+        self.job: Job | None = None
+        self.started = 0.0
+
+    def assign(self, job: Job) -> None:
+        """Hand one job over and start its clock."""
+        self.job, self.started = job, time.monotonic()
+        self.conn.send(job.to_dict())
+
+    def kill(self) -> None:
+        """SIGKILL the process and release the pipe."""
+        if self.proc.exitcode is None:
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        """Ask the process to exit, kill it if it does not."""
+        if self.proc.exitcode is None and not self.conn.closed:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass  # already gone
+            self.proc.join(2)
+        self.kill()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    """'worker died (exit code -9, SIGKILL)'."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"worker died (exit code {exitcode}, {signal.Signals(-exitcode).name})"
+        except ValueError:
+            pass
+    return f"worker died (exit code {exitcode})"
+
+
+def _shutdown(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.stop()
+    workers.clear()
+
+
+class LocalEvaluator(Evaluator):
+    """N worker processes (spawned) on this machine, each pinned to a device; a time limit per evaluation."""
+
+    def __init__(
+        self,
+        workers: int = 1,
+        timeout: float | None = None,
+        devices: Sequence[str] | None = None,
+        fn: JobFn = train_job,
+        threads: int | None = None,
+    ):
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        self.n_workers = int(workers)
+        self.timeout = timeout
+        self.devices = list(devices) if devices else [None]
+        for d in self.devices:
+            _device_env(d)  # validates
+        self.fn_ref = fn_reference(fn)
+        if not callable(self.fn_ref):
+            resolve_fn(self.fn_ref)  # fail here, not in every worker
+        self.threads = threads or default_threads(self.n_workers)
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+
+    def _spawn(self, slot: int) -> _Worker:
+        return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads)
+
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        """Evaluate all jobs; see the module contract."""
+        pending = deque(jobs)
+        if not pending:
+            return
+        while len(self._workers) < self.n_workers:
+            self._workers.append(self._spawn(len(self._workers)))
+        start_failures, give_up = 0, ""
+        ok = False
+        try:
+            while pending or any(w.job is not None for w in self._workers):
+                if give_up and not self._workers:
+                    while pending:
+                        job = pending.popleft()
+                        on_result(job, failed_result(job, f"worker failed to start: {give_up}"))
+                    break
+                for w in self._workers:
+                    if w.ready and w.job is None and pending:
+                        w.assign(pending.popleft())
+                mp_wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], self._wait_time())
+                for w in list(self._workers):
+                    reason = self._service(w, on_result)
+                    if reason is None:
+                        continue
+                    w.kill()
+                    slot = self._workers.index(w)
+                    if w.job is not None:
+                        job, seconds, w.job = w.job, time.monotonic() - w.started, None
+                        start_failures = 0
+                        on_result(job, failed_result(job, reason, seconds))
+                    elif not w.ready:
+                        start_failures += 1
+                    if reason.startswith("cannot load") or start_failures >= MAX_START_FAILURES:
+                        give_up = reason
+                    if give_up:
+                        del self._workers[slot]
+                    else:
+                        self._workers[slot] = self._spawn(w.slot)
+            ok = True
+        finally:
+            if not ok:  # on_result raised or we were interrupted: stop the work nobody will collect
+                for i, w in enumerate(self._workers):
+                    if w.job is not None:
+                        w.kill()
+                        self._workers[i] = self._spawn(w.slot)
+
+    def _wait_time(self) -> float | None:
+        """Seconds until the nearest deadline of a busy worker (None = wait for an event)."""
+        if self.timeout is None:
+            return None
+        starts = [w.started for w in self._workers if w.job is not None]
+        if not starts:
+            return None
+        return max(0.0, min(starts) + self.timeout - time.monotonic()) + 0.01
+
+    def _service(self, w: _Worker, on_result: OnResult) -> str | None:
+        """Read what the worker sent; report results; return why it is dead/killed, or None if healthy."""
+        if w.conn.closed:
+            return _death_reason(w.proc.exitcode)
+        while True:
+            try:
+                if not w.conn.poll():
+                    break
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                w.proc.join(5)
+                return _death_reason(w.proc.exitcode)
+            if msg[0] == "ready":
+                w.ready = True
+            elif msg[0] == "fatal":
+                return msg[1]
+            elif w.job is not None:
+                job, w.job = w.job, None
+                on_result(job, result_from_message(job, msg))
+        if w.proc.exitcode is not None:
+            return _death_reason(w.proc.exitcode)
+        if w.job is not None and self.timeout is not None and time.monotonic() - w.started > self.timeout:
+            return f"timed out after {self.timeout:g} s"
+        return None
+
+    def close(self) -> None:
+        """Stop all worker processes."""
+        _shutdown(self._workers)

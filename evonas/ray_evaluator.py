@@ -1,0 +1,158 @@
+"""Ray backend of the evaluator contract (see evonas.evaluators): one Ray task per job.
+
+- `RayEvaluator(address=None)` connects to the cluster at `address` ("auto", "ray://host:10001", "host:6379"),
+  or starts a local Ray (no dashboard, quiet logs) when None; it reuses a Ray already initialised in this
+  process and only shuts down a Ray it started itself.
+- Each job is one task asking for `cpus_per_eval` CPUs and `gpus_per_eval` GPUs (1 when training on CUDA),
+  never retried (max_retries=0: a crashed evaluation is recorded, not repeated behind our back).
+- The task is a streaming generator that first reports that it started, so the time limit counts from the
+  moment it runs on a worker (queueing for a free GPU does not count). Over the limit: `ray.cancel(force=True)`
+  and "timed out after N s".
+- Worker deaths (ray.exceptions.WorkerCrashedError, node failures, out of memory) and task errors become
+  failed results with the Ray error's name and first line.
+Ray is optional: it is imported when a RayEvaluator is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from evonas.errors import ConfigError
+from evonas.evaluators import (
+    Evaluator,
+    Job,
+    JobFn,
+    OnResult,
+    call_job,
+    failed_result,
+    result_from_message,
+    train_job,
+)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'evonas[ray]'") from None
+    return ray
+
+
+def _ray_job(fn: JobFn, job: dict) -> Iterator[tuple]:
+    """Ray task body: say that it started, then run the job (exceptions become a failed message)."""
+    yield ("started", time.time())
+    yield call_job(fn, Job.from_dict(job))
+
+
+def _ray_error_reason(exc: BaseException) -> str:
+    """One line naming what went wrong in Ray: worker death, task error, cancellation."""
+    ray = _import_ray()
+    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
+        return f"worker died ({type(exc).__name__})"
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return "worker died (OutOfMemoryError: killed by Ray's memory monitor)"
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
+        exc = cause
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+class RayEvaluator(Evaluator):
+    """One Ray task per job on an existing cluster (by address) or a local Ray."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: float | None = None,
+        gpus_per_eval: float = 0,
+        cpus_per_eval: float = 1,
+        fn: JobFn = train_job,
+        max_in_flight: int | None = None,
+        num_cpus: int | None = None,
+    ):
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        if gpus_per_eval < 0 or cpus_per_eval < 0:
+            raise ConfigError("gpus_per_eval and cpus_per_eval must be >= 0")
+        ray = _import_ray()
+        self.timeout = timeout
+        self.fn = fn  # Ray serializes it (by reference for a module-level function)
+        self.max_in_flight = max_in_flight
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            if address is None and num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+            self._owns_ray = True
+        self._task = ray.remote(_ray_job).options(
+            num_returns="streaming", max_retries=0, num_cpus=cpus_per_eval, num_gpus=gpus_per_eval
+        )
+
+    def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+        """Evaluate all jobs as Ray tasks; see the contract in evonas.evaluators."""
+        ray = self._ray()
+        pending = list(reversed(jobs))
+        limit = self.max_in_flight or len(pending)
+        inflight: dict[Any, list] = {}  # generator -> [job, start time on the worker or None]
+        ok = False
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < limit:
+                    job = pending.pop()
+                    inflight[self._task.remote(self.fn, job.to_dict())] = [job, None]
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._wait_time(inflight))
+                for gen in ready:
+                    job, started = inflight[gen]
+                    try:
+                        msg = ray.get(next(gen))
+                    except StopIteration:
+                        msg = ("failed", "task ended without a result", 0.0)
+                    except ray.exceptions.RayError as exc:
+                        msg = ("failed", _ray_error_reason(exc), time.time() - (started or time.time()))
+                    if msg[0] == "started":
+                        inflight[gen][1] = time.monotonic()
+                        continue
+                    del inflight[gen]
+                    on_result(job, result_from_message(job, msg))
+                now = time.monotonic()
+                for gen, (job, started) in list(inflight.items()):
+                    if self.timeout is not None and started is not None and now - started > self.timeout:
+                        ray.cancel(gen, force=True)
+                        del inflight[gen]
+                        on_result(job, failed_result(job, f"timed out after {self.timeout:g} s", now - started))
+            ok = True
+        finally:
+            if not ok:
+                for gen in inflight:
+                    ray.cancel(gen, force=True)
+
+    def _wait_time(self, inflight: dict) -> float:
+        """Seconds to wait for the next event: until the nearest deadline, at most 1 s."""
+        if self.timeout is None:
+            return 1.0
+        starts = [s for _, s in inflight.values() if s is not None]
+        if not starts:
+            return 1.0
+        return min(1.0, max(0.0, min(starts) + self.timeout - time.monotonic()) + 0.01)
+
+    def _ray(self) -> Any:
+        ray = _import_ray()
+        if not ray.is_initialized():
+            raise ConfigError("Ray was shut down; create a new RayEvaluator")
+        return ray
+
+    def close(self) -> None:
+        """Shut down Ray if this evaluator started it."""
+        if self._owns_ray:
+            ray = _import_ray()
+            if ray.is_initialized():
+                ray.shutdown()
+            self._owns_ray = False
