@@ -47,6 +47,8 @@ def check(cell: Node | str, input_size: int | None = None, hidden_size: int | No
     """
     node = parse(cell) if isinstance(cell, str) else cell
     for n in preorder(node):
+        if n.is_source and n.children:  # only a hand-built Node can do this; canonical() would crash on it
+            raise CellError(f"source {n.op} takes no arguments in {_short(n)}", _short(n), "arity")
         if not n.is_source and n.op not in OPS:
             raise CellError(f"unknown operator {n.op!r}", n.op, "operators")
         if n.op in OPS and len(n.children) != OPS[n.op].arity:
