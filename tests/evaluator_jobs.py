@@ -1,0 +1,90 @@
+"""Fake job functions for the evaluator tests: module-level (picklable), fast, and faulty on demand.
+
+`scripted` reads what to do from the job's cell text, "<action>-<anything>":
+ok (a result whose valid_loss is derived from the key), raise, exit (os._exit(3)), kill (SIGKILL itself),
+hang (sleeps far past any test timeout), env (reports its device environment in `reason`), pid.
+They return the EvalResult dict form (allowed by the contract), so workers need not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import zlib
+
+if os.environ.get("EVONAS_TEST_BREAK_IMPORT"):
+    raise ImportError("broken on purpose")
+
+
+def loss_of(key: str) -> float:
+    """Deterministic fake validation loss for a key."""
+    return 1.0 + (zlib.crc32(key.encode()) % 1000) / 1000
+
+
+def ok_result(key: str, reason: str = "") -> dict:
+    """A complete ok result for `key`."""
+    return {"cell": key, "status": "ok", "reason": reason, "valid_loss": loss_of(key), "valid_ppl": None,
+            "test_loss": None, "test_ppl": None, "params": len(key), "seconds": 0.01, "steps": 3, "epochs": 0.5}
+
+
+def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
+    """Do what the job's cell text says (see the module docstring)."""
+    action = job.cell.split("-", 1)[0]
+    if action == "raise":
+        raise ValueError(f"boom in {job.key}")
+    if action == "exit":
+        os._exit(3)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    if action == "hang":
+        time.sleep(3600)
+    if action == "env":
+        env = f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}|{os.environ.get('EVONAS_DEVICE', '-')}|"
+        return ok_result(job.key, env + os.environ.get("OMP_NUM_THREADS", "-"))
+    if action == "pid":
+        return ok_result(job.key, str(os.getpid()))
+    if action == "pidfile":  # write the worker pid where the test can find it, then hang
+        with open(job.config["pidfile"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
+    if action == "none":
+        return None
+    return ok_result(job.key)
+
+
+def ensure_eval_result() -> None:
+    """TEMPORARY until evonas/train.py lands: a stand-in EvalResult module with the COMMON.md fields."""
+    import dataclasses
+    import importlib.util
+    import sys
+    import types
+
+    if "evonas.train" in sys.modules or importlib.util.find_spec("evonas.train") is not None:
+        return
+
+    @dataclasses.dataclass
+    class EvalResult:
+        cell: str
+        status: str
+        reason: str = ""
+        valid_loss: float | None = None
+        valid_ppl: float | None = None
+        test_loss: float | None = None
+        test_ppl: float | None = None
+        params: int = 0
+        seconds: float = 0.0
+        steps: int = 0
+        epochs: float = 0.0
+
+        def to_dict(self) -> dict:
+            return dataclasses.asdict(self)
+
+        @classmethod
+        def from_dict(cls, d: dict) -> EvalResult:
+            return cls(**d)
+
+    mod = types.ModuleType("evonas.train")
+    mod.EvalResult = EvalResult
+    sys.modules["evonas.train"] = mod
