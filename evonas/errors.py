@@ -20,8 +20,13 @@ class CellSyntaxError(EvonasError, ValueError):
         super().__init__(f"{message} at column {column}")
 
     def caret(self) -> str:
-        """Two lines: the text and a caret under the offending column."""
-        return f"{self.text}\n{' ' * (self.column - 1)}^"
+        """Two lines: the text (the line holding the column, if it has several) and a caret under the column."""
+        start = self.text.rfind("\n", 0, self.column - 1) + 1
+        end = self.text.find("\n", start)
+        line = self.text[start:] if end == -1 else self.text[start:end]
+        line = "".join(" " if ch.isspace() and ch != "\t" else ch for ch in line)  # no \r etc. on a terminal
+        pad = "".join("\t" if ch == "\t" else " " for ch in line[: self.column - 1 - start])
+        return f"{line}\n{pad}^"
 
 
 class CellError(EvonasError, ValueError):
