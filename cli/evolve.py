@@ -1,15 +1,95 @@
-"""`evonas evolve` and `evonas resume`. (Filled in by the evolution work.)"""
+"""`evonas evolve` (start a search) and `evonas resume` (finish a stopped one)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
+from evonas.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def make_screen(kind: str, run_dir: Path, seed: int) -> Any:
+    """The surrogate screen named by the config, or None; evonas.surrogate is imported only when asked for."""
+    if kind == "none":
+        return None
+    import evonas.surrogate as sur
+
+    factory = getattr(sur, "make_screen", None)
+    if factory is None:
+        raise ConfigError(f"surrogate {kind!r} is not available: evonas.surrogate has no make_screen()")
+    return factory(kind, run_dir=run_dir, seed=seed)
+
+
+def _summary(best: dict) -> None:
+    """Closing lines on stderr: the best cell and the baselines, side by side."""
+    def line(e: dict) -> str:
+        loss = f"{e['valid_loss']:.4f}" if e.get("valid_loss") is not None else e.get("status", "?")
+        tag = f" [{e['seed']}]" if e.get("seed") else ""
+        return f"  {loss:>9}  {e['params']:>8}  {e['cell']}{tag}"
+
+    click.echo("best cells (valid loss, params):", err=True)
+    for e in best["best"][:5]:
+        click.echo(line(e), err=True)
+    if best["baselines"]:
+        click.echo("seed baselines:", err=True)
+        for e in best["baselines"]:
+            click.echo(line(e), err=True)
+
 
 @click.command()
-def evolve() -> None:
-    """Run a search."""
-    raise click.UsageError("not implemented yet")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML run config (default: configs/default.yaml when present).")
+@click.option("--task", default=None, help="synthetic | text | music.")
+@click.option("--data", default=None, help="Data path for text/music tasks.")
+@click.option("--generations", type=int, default=None, help="Generations after the initial one.")
+@click.option("--population", type=int, default=None, help="Survivors kept per generation.")
+@click.option("--offspring", type=int, default=None, help="Cells trained per generation.")
+@click.option("--workers", type=int, default=None, help="Parallel evaluations (local backend).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
+@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: a local Ray).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", default=None, help="Run folder (default: runs/<timestamp>).")
+@click.option("--seed-cells", default=None, help="Comma-separated library names (lstm,gru,...); '' for none.")
+@click.option("--surrogate", type=click.Choice(["none", "treelstm", "gnn"]), default=None,
+              help="Screen offspring with a learned ranker.")
+def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **overrides: Any) -> None:
+    """Search for recurrent cells by evolution; one logbook line per generation on stdout, progress on stderr."""
+    from evonas.evolution.config import RunConfig
+    from evonas.evolution.loop import Search
+
+    if config_file is None and DEFAULT_CONFIG.exists():
+        config_file = str(DEFAULT_CONFIG)
+    if seed_cells is not None:
+        overrides["seed_cells"] = [s.strip() for s in seed_cells.split(",") if s.strip()]
+    cfg = RunConfig.load(config_file, overrides)
+    run_dir = Path(out or cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
+    cfg.out = str(run_dir)
+    click.echo(f"run folder: {run_dir}", err=True)
+    search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed))
+    best = search.run()
+    _summary(best)
 
 
 @click.command()
-def resume() -> None:
-    """Resume a stopped run."""
-    raise click.UsageError("not implemented yet")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--generations", type=int, default=None, help="Extend the run to this many generations.")
+@click.option("--workers", type=int, default=None)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
+@click.option("--ray-address", default=None)
+def resume(run: str, **overrides: Any) -> None:
+    """Continue a stopped run: archived evaluations are looked up, never trained again."""
+    from evonas.evolution.loop import Search
+
+    search = Search.resume(run, overrides=overrides)
+    search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed)
+    click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
+    best = search.run()
+    _summary(best)

@@ -151,7 +151,7 @@ class Aging:
 
     def survivors(self, population: list, offspring: list, mu: int) -> list:
         """The mu youngest: population is ordered oldest first, the usable offspring join at the end."""
-        queue = _unique(population + [i for i in offspring if usable(i)])
+        queue = _unique([i for i in population + offspring if usable(i)])
         return queue[-mu:] if mu > 0 else []
 
 
