@@ -235,10 +235,14 @@ class _Worker:
         self.job: Job | None = None
         self.started = 0.0
 
-    def assign(self, job: Job) -> None:
-        """Hand one job over and start its clock."""
+    def assign(self, job: Job) -> bool:
+        """Hand one job over and start its clock; False if the worker is already gone."""
+        try:
+            self.conn.send(job.to_dict())
+        except OSError:  # died while idle; noticed and replaced by the next service round
+            return False
         self.job, self.started = job, time.monotonic()
-        self.conn.send(job.to_dict())
+        return True
 
     def kill(self) -> None:
         """SIGKILL the process and release the pipe."""
@@ -322,8 +326,8 @@ class LocalEvaluator(Evaluator):
                         on_result(job, failed_result(job, f"worker failed to start: {give_up}"))
                     break
                 for w in self._workers:
-                    if w.ready and w.job is None and pending:
-                        w.assign(pending.popleft())
+                    if w.ready and w.job is None and pending and w.assign(pending[0]):
+                        pending.popleft()
                 mp_wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], self._wait_time())
                 for w in list(self._workers):
                     reason = self._service(w, on_result)
@@ -346,10 +350,9 @@ class LocalEvaluator(Evaluator):
             ok = True
         finally:
             if not ok:  # on_result raised or we were interrupted: stop the work nobody will collect
-                for i, w in enumerate(self._workers):
-                    if w.job is not None:
-                        w.kill()
-                        self._workers[i] = self._spawn(w.slot)
+                for w in [w for w in self._workers if w.job is not None]:
+                    w.kill()
+                    self._workers.remove(w)  # respawned by the next run
 
     def _wait_time(self) -> float | None:
         """Seconds until the nearest deadline of a busy worker (None = wait for an event)."""

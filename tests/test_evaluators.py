@@ -199,6 +199,34 @@ def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
             proc.kill()
 
 
+def test_local_worker_killed_while_idle_is_replaced():
+    import signal
+
+    with LocalEvaluator(workers=2, timeout=30, fn=jobs_mod.scripted) as ev:
+        got = collect(ev, make_jobs("pid-1", "pid-2", "pid-3"))
+        for pid in {int(r.reason) for r in got.values()}:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        again = collect(ev, make_jobs("ok-1", "ok-2", "ok-3", "ok-4"))
+    assert all(r.status == "ok" for r in again.values())
+
+
+def test_process_exits_cleanly_without_close():
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {TESTS_DIR!r})
+        import evaluator_jobs
+        evaluator_jobs.ensure_eval_result()
+        from evonas.evaluators import Job, LocalEvaluator
+        if __name__ == "__main__":
+            ev = LocalEvaluator(workers=2, fn=evaluator_jobs.scripted)
+            ev.run([Job("ok-1", "ok-1", {{}})], lambda j, r: print(r.status))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
