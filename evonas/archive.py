@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from evonas.errors import CheckpointError
 
@@ -109,6 +109,9 @@ class Archive:
             raise CheckpointError(f"cannot open archive {path}: {exc}") from None
         try:
             self._setup()
+        except sqlite3.OperationalError as exc:  # locked, read-only, I/O error: the file may be fine
+            self._db.close()
+            raise CheckpointError(f"cannot open archive {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise CheckpointError(f"archive {path} is corrupt or not an SQLite file: {exc}") from None
@@ -206,18 +209,23 @@ class Archive:
             for r in self
         ]
 
-    def export_csv(self, path: str | Path) -> int:
-        """Write every row to a CSV file (metrics flattened); returns the number of rows."""
+    def export_csv(self, out: str | Path | TextIO) -> int:
+        """Write every row as CSV (metrics flattened) to a path or an open text file; returns the row count."""
+        if not isinstance(out, str | Path):
+            return self._write_csv(out)
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            return self._write_csv(f)
+
+    def _write_csv(self, f: TextIO) -> int:
         head = [c for c in COLUMNS if c not in ("metrics", "budget")] + list(_CSV_METRICS) + ["budget"]
+        w = csv.writer(f)
+        w.writerow(head)
         n = 0
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(head)
-            for r in self:
-                flat = {**{k: r["metrics"].get(k) for k in _CSV_METRICS}, **r}
-                flat["budget"] = budget_json(r["budget"])
-                w.writerow(["" if flat[c] is None else flat[c] for c in head])
-                n += 1
+        for r in self:
+            flat = {**{k: r["metrics"].get(k) for k in _CSV_METRICS}, **r}
+            flat["budget"] = budget_json(r["budget"])
+            w.writerow(["" if flat[c] is None else flat[c] for c in head])
+            n += 1
         return n
 
     def _row(self, row: tuple) -> dict:

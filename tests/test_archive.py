@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sqlite3
 import subprocess
@@ -149,3 +150,7 @@ def test_export_csv(tmp_path):
     assert rows[0]["generation"] == "1" and json.loads(rows[0]["budget"]) == CONFIG
     assert rows[1]["valid_loss"] == "" and rows[1]["reason"] == 'timed out "after" 3 s'
     assert "metrics" not in rows[0]
+    buf = io.StringIO()
+    with Archive(tmp_path, create=False) as a:
+        assert a.export_csv(buf) == 2
+    assert buf.getvalue() == (tmp_path / "out.csv").read_bytes().decode()
