@@ -1,0 +1,174 @@
+"""`Surrogate`: the one object the CLI and the search use -- fit on records, score cells (lower = better),
+evaluate, save and load. `make_surrogate(kind, seed)` is the factory the search imports."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from evonas.surrogate import persist
+from evonas.surrogate.data import Record, as_records, digest
+from evonas.surrogate.graph import VOCAB, GraphCache, batch_graphs
+from evonas.surrogate.metrics import ranking_metrics
+from evonas.surrogate.model import Ensemble, kinds, ranker_class
+from evonas.surrogate.train import FitConfig, FitReport, Normaliser, fit_model
+
+from evonas.cells import Node
+from evonas.errors import ConfigError, SurrogateFormatError
+
+SCORE_BATCH = 2048
+WARM_EPOCHS = 50  # default epochs of a warm-start refit (e.g. after each generation)
+
+
+class Surrogate:
+    """A ranker (or an ensemble of K) plus the target normalisation of the data it was fitted on."""
+
+    def __init__(self, kind: str = "treelstm", seed: int = 0, ensemble: int = 1, sizes: dict[str, Any] | None = None,
+                 fit_config: FitConfig | None = None):
+        if kind not in kinds():
+            raise ConfigError(f"unknown surrogate model {kind!r}; known: {kinds()}")
+        if not isinstance(ensemble, int) or ensemble < 1:
+            raise ConfigError(f"ensemble size must be a positive integer, got {ensemble!r}")
+        self.kind, self.seed, self.ensemble_size = kind, seed, ensemble
+        self.fit_config = fit_config or FitConfig()
+        try:
+            self.model = self._build(sizes or {})
+        except TypeError as e:
+            raise ConfigError(f"bad sizes for surrogate model {kind!r}: {e}") from e
+        self.sizes: dict[str, Any] = self.model.members[0].sizes()
+        self.normaliser = Normaliser()
+        self.fitted = False
+        self.data_digest: str | None = None
+        self.n_records = 0
+        self.last_fit: FitReport | None = None
+        self._graphs = GraphCache(self.model.form)
+
+    def _build(self, sizes: dict[str, Any]) -> Ensemble:
+        cls = ranker_class(self.kind)
+        members = []
+        with torch.random.fork_rng():
+            for k in range(self.ensemble_size):
+                torch.manual_seed(self.seed * 1009 + k)
+                members.append(cls(**sizes))
+        return Ensemble(members).eval()
+
+    # ---- fitting -------------------------------------------------------------------------------------------
+    def fit(self, records: Iterable[Record | dict], warm_start: bool = False, epochs: int | None = None) -> FitReport:
+        """Fit on (cell, score) records (score None = failure). warm_start keeps the current weights (a refit
+        after each generation, or fine-tuning a loaded model); otherwise the model starts from its seed."""
+        recs = as_records(records)
+        if not recs:
+            raise ConfigError("cannot fit a surrogate on zero records")
+        if not warm_start:
+            self.model = self._build(self.sizes)
+        self.normaliser = Normaliser.fit([r.score for r in recs])
+        targets = self.normaliser.targets([r.score for r in recs])
+        graphs = self._graphs.many([r.cell for r in recs])
+        n_epochs = epochs if epochs is not None else (WARM_EPOCHS if warm_start else self.fit_config.epochs)
+        report = FitReport()
+        with torch.random.fork_rng():
+            for k, member in enumerate(self.model.members):
+                torch.manual_seed(self.seed * 1009 + k)
+                cfg = FitConfig(**{**asdict(self.fit_config), "epochs": n_epochs, "seed": self.seed * 1009 + k})
+                report = fit_model(member, graphs, targets, cfg)
+        self.model.eval()
+        self.fitted = True
+        self.data_digest = digest(recs)
+        self.n_records = len(recs)
+        self.last_fit = report
+        return report
+
+    # ---- scoring -------------------------------------------------------------------------------------------
+    def _normalised(self, cells: Sequence[str | Node]) -> tuple[np.ndarray, np.ndarray]:
+        graphs = self._graphs.many(cells)
+        means, spreads = [], []
+        with torch.no_grad():
+            for i in range(0, len(graphs), SCORE_BATCH):
+                m, s = self.model.mean_spread(batch_graphs(graphs[i:i + SCORE_BATCH], self.model.form))
+                means.append(m.numpy())
+                spreads.append(s.numpy())
+        if not means:
+            return np.zeros(0), np.zeros(0)
+        mean, spread = np.concatenate(means).astype(np.float64), np.concatenate(spreads).astype(np.float64)
+        mean = np.where(np.isfinite(mean), mean, self.normaliser.penalty)
+        return mean, np.where(np.isfinite(spread), spread, 0.0)
+
+    def score(self, cells: Sequence[str | Node]) -> list[float]:
+        """Predicted score of each cell (lower = better; units of the training scores), in input order."""
+        mean, _ = self._normalised(list(cells))
+        return [float(v) for v in self.normaliser.denormalise(mean)]
+
+    def score_with_spread(self, cells: Sequence[str | Node]) -> tuple[list[float], list[float]]:
+        """Predicted scores and the ensemble's spread (standard deviation, score units; 0 for one model)."""
+        mean, spread = self._normalised(list(cells))
+        return ([float(v) for v in self.normaliser.denormalise(mean)],
+                [float(v) for v in spread * self.normaliser.scale])
+
+    def evaluate(self, records: Iterable[Record | dict]) -> dict[str, float | None]:
+        """Kendall tau, Spearman, top-10% precision (failures rank last) and RMSE on successes."""
+        recs = as_records(records)
+        return ranking_metrics(self.score([r.cell for r in recs]), [r.score for r in recs])
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model and read its outputs (JSON-safe)."""
+        return {
+            "kind": self.kind, "sizes": self.sizes, "ensemble": self.ensemble_size, "seed": self.seed,
+            "vocab": list(VOCAB), "normaliser": self.normaliser.to_dict(), "fitted": self.fitted,
+            "data_digest": self.data_digest, "n_records": self.n_records,
+            "fit_config": asdict(self.fit_config),
+            "last_fit": None if self.last_fit is None else {k: v for k, v in asdict(self.last_fit).items()
+                                                             if k != "epoch_seconds"},
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model folder (weights.pt state dict + meta.json)."""
+        return persist.save(folder, self.model.state_dict(), self.metadata())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Surrogate:
+        """Read a model folder; any mismatch or corruption is a SurrogateFormatError (no code is run)."""
+        meta = persist.load_meta(folder)
+        where = Path(folder) / persist.META
+        try:
+            kind, sizes, k = meta["kind"], meta["sizes"], meta["ensemble"]
+            norm, vocab = meta["normaliser"], meta["vocab"]
+        except KeyError as e:
+            raise SurrogateFormatError(f"{where}: missing field {e.args[0]!r}") from e
+        if vocab != list(VOCAB):
+            raise SurrogateFormatError(f"{where}: operator vocabulary differs from this evonas's {list(VOCAB)}")
+        if kind not in kinds():
+            raise SurrogateFormatError(f"{where}: unknown model kind {kind!r}; known: {kinds()}")
+        if not isinstance(sizes, dict) or not isinstance(k, int) or not isinstance(norm, dict):
+            raise SurrogateFormatError(f"{where}: bad sizes/ensemble/normaliser fields")
+        names = {f.name for f in fields(FitConfig)}
+        fit_cfg = {a: b for a, b in (meta.get("fit_config") or {}).items() if a in names}
+        try:
+            s = cls(kind, int(meta.get("seed", 0)), k, sizes, FitConfig(**fit_cfg))
+            s.normaliser = Normaliser(**{a: float(norm[a]) for a in ("center", "scale", "penalty")})
+        except (ConfigError, TypeError, KeyError, ValueError) as e:
+            raise SurrogateFormatError(f"{where}: bad model description ({e})") from e
+        state = persist.load_weights(folder)
+        try:
+            s.model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            path = Path(folder) / persist.WEIGHTS
+            raise SurrogateFormatError(f"{path}: weights do not fit the model ({first})") from e
+        s.model.eval()
+        s.fitted = bool(meta.get("fitted", True))
+        s.data_digest = meta.get("data_digest")
+        s.n_records = int(meta.get("n_records") or 0)
+        if not all(math.isfinite(v) for v in (s.normaliser.center, s.normaliser.scale, s.normaliser.penalty)):
+            raise SurrogateFormatError(f"{where}: non-finite target normalisation")
+        return s
+
+
+def make_surrogate(kind: str = "treelstm", seed: int = 0, ensemble: int = 1, **sizes: Any) -> Surrogate:
+    """Factory for the search loop: a fresh, seeded surrogate of this kind (`fit` it before trusting `score`)."""
+    return Surrogate(kind, seed=seed, ensemble=ensemble, sizes=sizes or None)

@@ -1,0 +1,99 @@
+"""Child-sum TreeLSTM (Tai et al. 2015) over the tree form, computed one depth level at a time for a whole batch.
+
+All nodes of one depth (across every tree of the batch) are one tensor operation: their children are exactly
+the nodes of the next deeper level, so the gate inputs are gathered with index tensors prepared by
+`batch_graphs` and summed with `index_add`. Non-commutative arguments are told apart by the slot feature of
+each child (child-sum itself is order-free). The score reads the root state and the mean node state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from evonas.surrogate.graph import N_SLOTS, N_STEPS, VOCAB, GraphBatch
+from evonas.surrogate.model import Ranker, register
+from torch import nn
+
+
+class _FeatureTable(nn.Module):
+    """Learned vectors for operator, step and slot, summed: a linear map of the one-hot node features.
+
+    `table()` gives the vector of every (operator, step, slot) combination, so a batch needs one lookup per node.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.op = nn.Embedding(len(VOCAB), dim)
+        self.step = nn.Embedding(N_STEPS, dim)
+        self.slot = nn.Embedding(N_SLOTS, dim)
+
+    def table(self) -> torch.Tensor:
+        """[len(VOCAB) * N_STEPS * N_SLOTS, dim], row (op * N_STEPS + step) * N_SLOTS + slot."""
+        t = self.op.weight[:, None, None] + self.step.weight[None, :, None] + self.slot.weight[None, None, :]
+        return t.reshape(-1, t.shape[-1])
+
+
+def feature_id(op: torch.Tensor, step: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Row of `_FeatureTable.table()` for each node."""
+    return (op * N_STEPS + step) * N_SLOTS + slot
+
+
+@register
+class TreeLSTMRanker(Ranker):
+    """Child-sum TreeLSTM over the unrolled tree; readout = MLP(root state, mean node state)."""
+
+    kind = "treelstm"
+    form = "tree"
+
+    def __init__(self, hidden: int = 64, head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        self.hidden, self.head_size, self.dropout = hidden, head, dropout
+        self.x = _FeatureTable(4 * hidden)  # [W_iou x + b_iou, W_f x + b_f]
+        self.u_iou = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.u_f = nn.Linear(hidden, hidden, bias=False)
+        self.head = nn.Sequential(nn.Linear(2 * hidden, head), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head, 1))
+
+    def sizes(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "head": self.head_size, "dropout": self.dropout}
+
+    def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Root state and mean node state of every cell of the batch."""
+        nd = batch.g.ndata
+        fid = feature_id(nd["op"], nd["step"], nd["slot"])
+        table = self.x.table()
+        hid = self.hidden
+        sizes = batch.level_sizes
+        b = batch.batch_size
+        gid = batch.graph_id
+        pool = table.new_zeros(b, hid)
+        h_below = c_below = uf_below = table.new_zeros(1, hid)
+        start = 0
+        for d in range(len(sizes) - 1, -1, -1):
+            n = sizes[d]
+            x = table[fid[start:start + n]]
+            iou = x[:, : 3 * hid]
+            idx = batch.levels[d]  # [n, k] children in the level below, padded with a zero row
+            fc = None
+            if idx.shape[1]:
+                hc = h_below[idx]
+                f = torch.sigmoid(x[:, None, 3 * hid:] + uf_below[idx])
+                fc = (f * c_below[idx]).sum(1)
+                iou = iou + self.u_iou(hc.sum(1))
+            i, o, u = iou.chunk(3, dim=1)
+            c = torch.sigmoid(i) * torch.tanh(u)
+            if fc is not None:
+                c = c + fc
+            h = torch.sigmoid(o) * torch.tanh(c)
+            pool = pool.index_add(0, gid[start:start + n], h)
+            if d:
+                zero = h.new_zeros(1, hid)
+                h_below, c_below = torch.cat([h, zero]), torch.cat([c, zero])
+                uf_below = torch.cat([self.u_f(h), zero])
+            start += n
+        counts = torch.bincount(gid, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)
+        return h, pool / counts  # roots (the last level, in batch order) and mean node state
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        roots, mean = self.encode(batch)
+        return self.head(torch.cat([roots, mean], dim=1)).squeeze(1)
