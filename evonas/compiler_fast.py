@@ -350,7 +350,11 @@ def fast_forward(
         memory_seq = static(plan.memory).unbind(0)
 
     instructions, root, h_slot, c_slot, mem_slot = (
-        plan.instructions, plan.root_slot, plan.h_slot, plan.c_slot, plan.memory_slot
+        plan.instructions,
+        plan.root_slot,
+        plan.h_slot,
+        plan.c_slot,
+        plan.memory_slot,
     )
     slots[h_slot], slots[c_slot] = h, c
     outs: list[Tensor] = []
@@ -361,9 +365,9 @@ def fast_forward(
             run(slots)
         h = slots[root]
         outs.append(h)
-        slots[h_slot] = h
-        if mem_slot is not None:
+        if mem_slot is not None:  # read c_t before h_t replaces h_prev (c_t may be h_prev itself)
             slots[c_slot] = slots[mem_slot]
         elif memory_seq is not None:
             slots[c_slot] = memory_seq[t]
+        slots[h_slot] = h
     return torch.stack(outs), h, slots[c_slot] if plan.memory is not None else None
