@@ -22,18 +22,11 @@ GRU_PYTORCH = (
 )
 
 
-def library_text(name: str, fallback: str) -> str:
-    """The cell text from configs/cells.yaml when the library loader exists, else the text above."""
-    try:
-        from evonas.cells import library
-    except ImportError:
-        return fallback
-    for attr in ("get", "cell_text", "text"):
-        fn = getattr(library, attr, None)
-        if callable(fn):
-            entry = fn(name)
-            return entry if isinstance(entry, str) else str(getattr(entry, "text", entry))
-    return fallback
+def library_text(name: str) -> str:
+    """The cell text of a configs/cells.yaml entry."""
+    from evonas.cells.library import library
+
+    return library()[name].text
 
 
 # --- mapping torch weights onto the tree (derived by walking module.cell, not by fixed indices) ---
@@ -96,12 +89,13 @@ def load_gru(module: CompiledCell, gru: nn.GRU) -> None:
     set_linear(module, h_mm, gru.weight_hh_l0[2 * h :], gru.bias_hh_l0[2 * h :])
 
 
+@pytest.mark.parametrize("source", ["brief", "library"])
 @pytest.mark.parametrize("fast", [True, False])
-def test_lstm_matches_torch(fast: bool) -> None:
+def test_lstm_matches_torch(fast: bool, source: str) -> None:
     torch.manual_seed(0)
     steps, batch, inp, hid = 50, 3, 5, 7
     lstm = nn.LSTM(inp, hid)
-    module = compile_cell(library_text("lstm", LSTM), inp, hid)
+    module = compile_cell(LSTM if source == "brief" else library_text("lstm"), inp, hid)
     module.fast = fast
     load_lstm(module, lstm)
     x = torch.randn(steps, batch, inp)
@@ -118,12 +112,13 @@ def test_lstm_matches_torch(fast: bool) -> None:
     torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("source", ["brief", "library"])
 @pytest.mark.parametrize("fast", [True, False])
-def test_gru_matches_torch(fast: bool) -> None:
+def test_gru_matches_torch(fast: bool, source: str) -> None:
     torch.manual_seed(1)
     steps, batch, inp, hid = 50, 3, 4, 6
     gru = nn.GRU(inp, hid)
-    module = compile_cell(library_text("gru_pytorch", GRU_PYTORCH), inp, hid)
+    module = compile_cell(GRU_PYTORCH if source == "brief" else library_text("gru_pytorch"), inp, hid)
     module.fast = fast
     load_gru(module, gru)
     x = torch.randn(steps, batch, inp)
@@ -397,3 +392,13 @@ def test_device(device: str) -> None:
     got.sum().backward()
     assert all(p.grad is not None and p.grad.device.type == device for p in module.parameters())
     torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_library_cells_compile_and_fast_equals_reference() -> None:
+    from evonas.cells.library import library
+
+    torch.manual_seed(7)
+    entries = library()
+    assert {"lstm", "gru_pytorch"} <= set(entries)
+    for entry in entries.values():
+        assert_fast_equals_reference(entry.text, 3, 5)
