@@ -85,6 +85,8 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
         raise CheckpointError(f"cannot save a checkpoint of format version {state['format_version']!r}")
     text = json.dumps({**state, "format_version": FORMAT_VERSION}, indent=1)
     current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    for stale in run_dir.glob(".checkpoint.*.tmp"):  # left by a save that was killed (one writer per run)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -11,8 +11,15 @@ Contract (every backend; `tests/test_evaluators.py` checks it against each one):
 - An exception raised by `on_result` itself propagates out of `run` (after in-flight work is stopped).
 - `close()` stops all workers; evaluators are context managers. They may be reused for many `run` calls.
 
-The function run per job is `fn(job) -> EvalResult` (default `train_job`, which calls
-`evonas.train.evaluate`). It must be a module-level function so that worker processes can import it.
+The function run per job is `fn(job) -> EvalResult` (or its `to_dict()` form; default `train_job`, which
+calls `evonas.train.evaluate`). It must be a module-level function so that worker processes can import it.
+Results travel from workers as plain dicts; `on_result` always receives an `evonas.train.EvalResult`.
+
+`LocalEvaluator` specifics: spawned processes (never fork: safe with torch/CUDA), one job at a time per
+worker, the time limit counted from the moment the job is handed to a ready worker (startup and imports
+excluded), a hung worker SIGKILLed; worker `i` is pinned to `devices[i % len(devices)]` ("cpu" hides the
+GPUs, "cuda:N" shows only GPU N) and gets OMP/MKL/torch threads = max(1, cores // workers). Workers ignore
+Ctrl-C (the parent handles it) and exit by themselves within a second when the parent process dies.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import dataclasses
 import importlib
 import multiprocessing as mp
 import os
+import pickle  # only to name its error: workers send results through multiprocessing pipes
 import signal
 import sys
 import threading
@@ -213,8 +221,11 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
             return
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
-        job = Job.from_dict(msg)
-        conn.send(call_job(fn, job))
+        reply = call_job(fn, Job.from_dict(msg))
+        try:
+            conn.send(reply)
+        except (TypeError, AttributeError, ValueError, pickle.PicklingError) as exc:  # unpicklable result
+            conn.send(("failed", f"result cannot be sent back: {describe_exception(exc)}", 0.0))
 
 
 class _Worker:

@@ -51,6 +51,8 @@ def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
         time.sleep(3600)
     if action == "none":
         return None
+    if action == "unpicklable":
+        return {**ok_result(job.key), "extra": lambda: None}
     return ok_result(job.key)
 
 

@@ -105,6 +105,8 @@ def test_kill_during_saves_always_leaves_a_good_checkpoint(tmp_path):
         proc.wait()
         got = load_checkpoint(tmp_path)
         assert got["generation"] >= 3 and len(got["pad"]) == 200_000
+    save_checkpoint(tmp_path, {"generation": 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, PREVIOUS]  # stale temporary files gone
 
 
 def test_rng_states_round_trip_exactly_through_json(tmp_path):

@@ -130,9 +130,10 @@ def test_error_in_on_result_propagates_and_evaluator_stays_usable(make_evaluator
 
 def test_local_exit_codes_in_reasons():
     with LocalEvaluator(workers=1, timeout=30, fn=jobs_mod.scripted) as ev:
-        got = collect(ev, make_jobs("kill-1", "exit-1", "ok-1"))
+        got = collect(ev, make_jobs("kill-1", "exit-1", "unpicklable-1", "ok-1"))
     assert got["kill-1"].reason == "worker died (exit code -9, SIGKILL)"
     assert got["exit-1"].reason == "worker died (exit code 3)"
+    assert got["unpicklable-1"].status == "failed" and "cannot be sent back" in got["unpicklable-1"].reason
     assert got["ok-1"].status == "ok"
 
 
