@@ -52,6 +52,8 @@ JobFn = Callable[["Job"], "EvalResult"]
 
 # Consecutive worker deaths before any job was handed over, after which the pool gives up.
 MAX_START_FAILURES = 3
+# Seconds a new worker may take to start (interpreter, imports of the job function's module) before it is killed.
+STARTUP_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class _Worker:
         self.ready = False
         self.job: Job | None = None
         self.started = 0.0
+        self.spawned = time.monotonic()
 
     def assign(self, job: Job) -> bool:
         """Hand one job over and start its clock; False if the worker is already gone."""
@@ -299,6 +302,7 @@ class LocalEvaluator(Evaluator):
         devices: Sequence[str] | None = None,
         fn: JobFn = train_job,
         threads: int | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
     ):
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -313,6 +317,7 @@ class LocalEvaluator(Evaluator):
         if not callable(self.fn_ref):
             resolve_fn(self.fn_ref)  # fail here, not in every worker
         self.threads = threads or default_threads(self.n_workers)
+        self.startup_timeout = startup_timeout
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
@@ -366,13 +371,13 @@ class LocalEvaluator(Evaluator):
                     self._workers.remove(w)  # respawned by the next run
 
     def _wait_time(self) -> float | None:
-        """Seconds until the nearest deadline of a busy worker (None = wait for an event)."""
-        if self.timeout is None:
+        """Seconds until the nearest deadline of a busy or starting worker (None = wait for an event)."""
+        deadlines = [w.spawned + self.startup_timeout for w in self._workers if not w.ready]
+        if self.timeout is not None:
+            deadlines += [w.started + self.timeout for w in self._workers if w.job is not None]
+        if not deadlines:
             return None
-        starts = [w.started for w in self._workers if w.job is not None]
-        if not starts:
-            return None
-        return max(0.0, min(starts) + self.timeout - time.monotonic()) + 0.01
+        return max(0.0, min(deadlines) - time.monotonic()) + 0.01
 
     def _service(self, w: _Worker, on_result: OnResult) -> str | None:
         """Read what the worker sent; report results; return why it is dead/killed, or None if healthy."""
@@ -397,6 +402,8 @@ class LocalEvaluator(Evaluator):
             return _death_reason(w.proc.exitcode)
         if w.job is not None and self.timeout is not None and time.monotonic() - w.started > self.timeout:
             return f"timed out after {self.timeout:g} s"
+        if not w.ready and time.monotonic() - w.spawned > self.startup_timeout:
+            return f"worker did not start within {self.startup_timeout:g} s"
         return None
 
     def close(self) -> None:

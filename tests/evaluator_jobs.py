@@ -15,6 +15,7 @@ import zlib
 
 if os.environ.get("EVONAS_TEST_BREAK_IMPORT"):
     raise ImportError("broken on purpose")
+time.sleep(float(os.environ.get("EVONAS_TEST_SLOW_IMPORT", "0")))
 
 
 def loss_of(key: str) -> float:

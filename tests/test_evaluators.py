@@ -169,6 +169,16 @@ def test_local_gives_up_when_workers_cannot_start(monkeypatch):
         assert "cannot load job function" in r.reason and "broken on purpose" in r.reason
 
 
+def test_local_gives_up_when_workers_hang_at_startup(monkeypatch):
+    ev = LocalEvaluator(workers=2, timeout=30, fn=jobs_mod.scripted, startup_timeout=0.5)
+    monkeypatch.setenv("EVONAS_TEST_SLOW_IMPORT", "60")
+    try:
+        got = collect(ev, make_jobs("ok-1", "ok-2"))
+    finally:
+        ev.close()
+    assert {r.reason for r in got.values()} == {"worker failed to start: worker did not start within 0.5 s"}
+
+
 def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
     pidfile = tmp_path / "worker.pid"
     script = textwrap.dedent(f"""
