@@ -41,7 +41,8 @@ def cells(draw: st.DrawFn, max_depth: int = 6) -> Node:
         if depth <= 0 or draw(st.integers(0, 3)) == 0:
             if size == "input":
                 return Node(draw(st.sampled_from(["x", "x_prev"])))
-            return Node(draw(st.sampled_from(["h_prev", "c_prev"])))
+            leaf = draw(st.sampled_from(["h_prev", "c_prev", "x", "x_prev"]))
+            return Node(leaf) if leaf in ("h_prev", "c_prev") else Node("MM", (Node(leaf),))
         if size == "input":
             op = draw(st.sampled_from(INPUT_OPS))
             return Node(op, tuple(build("input", depth - 1) for _ in range(OPS[op].arity)))
@@ -56,10 +57,18 @@ def cells(draw: st.DrawFn, max_depth: int = 6) -> Node:
     root = build("hidden", draw(st.integers(1, max_depth)))
     ops = {n.op for n in preorder(root)}
     if "c_prev" in ops and "Memory" not in ops:
-        root = Node("Memory", (root,))
+        root = Node("Memory", (root,)) if draw(st.booleans()) else _rename(root, "c_prev", "h_prev")
+        ops = {n.op for n in preorder(root)}
     if not ops & {"h_prev", "c_prev"}:
         root = Node("Add", (root, Node("MM", (Node("h_prev"),))))
     return root
+
+
+def _rename(node: Node, old: str, new: str) -> Node:
+    """The tree with every `old` source replaced by `new`."""
+    if not node.children:
+        return Node(new) if node.op == old else node
+    return Node(node.op, tuple(_rename(c, old, new) for c in node.children))
 
 
 def print_with_style(draw: st.DrawFn, node: Node) -> str:
