@@ -246,6 +246,11 @@ def test_check_rejects_hand_built_bad_nodes():
         check(Node("Add", (Node("h_prev"),)))
     with pytest.raises(CellError, match="source"):
         check(Node("h_prev", (Node("x"),)))
+    deep = Node("h_prev")
+    for _ in range(5000):  # far beyond Python's recursion limit
+        deep = Node("Tanh", (deep,))
+    with pytest.raises(CellError, match="deeper than"):
+        check(deep)
 
 
 # ---------------------------------------------------------------- structural filters

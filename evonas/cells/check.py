@@ -7,7 +7,7 @@ further, search-only restriction.
 from __future__ import annotations
 
 from evonas.cells.ops import INPUT_SOURCES, OPS
-from evonas.cells.parse import parse
+from evonas.cells.parse import MAX_DEPTH, parse
 from evonas.cells.tree import Node, preorder, to_text, uses
 from evonas.errors import CellError
 
@@ -46,6 +46,12 @@ def check(cell: Node | str, input_size: int | None = None, hidden_size: int | No
     in which case every value type-checks.
     """
     node = parse(cell) if isinstance(cell, str) else cell
+    stack = [(node, 0)]  # iterative, so that a deep hand-built Node gets a CellError, not a RecursionError
+    while stack:
+        n, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise CellError(f"cell nested deeper than {MAX_DEPTH} levels", node.op, "depth")
+        stack.extend((c, depth + 1) for c in n.children)
     for n in preorder(node):
         if n.is_source and n.children:  # only a hand-built Node can do this; canonical() would crash on it
             raise CellError(f"source {n.op} takes no arguments in {_short(n)}", _short(n), "arity")
