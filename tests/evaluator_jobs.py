@@ -41,6 +41,8 @@ def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
         time.sleep(10)
     if action == "hang":
         time.sleep(3600)
+    if action == "sleep":  # sleep-<seconds>-<tag>
+        time.sleep(float(job.cell.split("-")[1]))
     if action == "env":
         env = f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}|{os.environ.get('EVONAS_DEVICE', '-')}|"
         return ok_result(job.key, env + os.environ.get("OMP_NUM_THREADS", "-"))

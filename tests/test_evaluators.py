@@ -113,6 +113,14 @@ def test_faults_are_recorded_and_the_rest_still_run(make_evaluator):
 
 
 @pytest.mark.parametrize("make_evaluator", BACKENDS, indirect=True)
+def test_time_limit_counts_from_the_start_of_each_evaluation(make_evaluator):
+    """Four 0.9 s jobs on two workers with a 1.6 s limit: waiting in the queue does not count."""
+    ev = make_evaluator(timeout=1.6)
+    got = collect(ev, make_jobs(*[f"sleep-0.9-{i}" for i in range(4)]))
+    assert all(r.status == "ok" for r in got.values()), {k: r.reason for k, r in got.items()}
+
+
+@pytest.mark.parametrize("make_evaluator", BACKENDS, indirect=True)
 def test_error_in_on_result_propagates_and_evaluator_stays_usable(make_evaluator):
     ev = make_evaluator(timeout=30)
 
