@@ -202,12 +202,18 @@ class Archive:
         return {r["key"]: EvalResult.from_dict(r["metrics"]) for r in self}
 
     def to_records(self) -> list[dict]:
-        """Training data for the surrogate: dicts with cell (canonical), score (valid_loss or None), status."""
-        return [
-            {"cell": r["key"], "score": r["valid_loss"], "status": r["status"], "params": r["params"],
-             "generation": r["generation"]}
-            for r in self
-        ]
+        """Training data for the surrogate: dicts with cell (canonical), score (valid_loss or None), status.
+
+        A score is None only for a status other than ok: an "ok" row without a finite loss counts as diverged.
+        """
+        out = []
+        for r in self:
+            status = r["status"]
+            if status == "ok" and r["valid_loss"] is None:
+                status = "diverged"
+            out.append({"cell": r["key"], "score": r["valid_loss"], "status": status, "params": r["params"],
+                        "generation": r["generation"]})
+        return out
 
     def export_csv(self, out: str | Path | TextIO) -> int:
         """Write every row as CSV (metrics flattened) to a path or an open text file; returns the row count."""

@@ -64,6 +64,9 @@ def test_non_finite_losses_are_stored_as_null(tmp_path):
             row = a.get(k)
             assert row["valid_loss"] is None and row["metrics"]["valid_loss"] is None
         assert a.get("I")["metrics"]["valid_ppl"] is None
+        a.add(job("K"), ok("K", valid_loss=float("nan")))  # "ok" but no loss: not a usable score
+        assert a.to_records()[-1] == {"cell": "K", "score": None, "status": "diverged", "params": 1,
+                                      "generation": 0}
         raw = a._db.execute("SELECT metrics FROM evaluations").fetchall()
         assert all("NaN" not in m and "Infinity" not in m for (m,) in raw)
 
