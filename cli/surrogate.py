@@ -1,8 +1,104 @@
-"""`evonas surrogate`: train, evaluate and apply ranking surrogates. (Filled in by the surrogate work.)"""
+"""`evonas surrogate`: train, evaluate and apply ranking surrogates (see surrogate/api.py for the Python API)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
 
 import click
+
+from evonas.errors import ConfigError, DataError
 
 
 @click.group()
 def surrogate() -> None:
-    """Train, evaluate and apply ranking surrogates."""
+    """Train, evaluate and apply ranking surrogates (TreeLSTM or GNN over the cell unrolled one step)."""
+
+
+@surrogate.command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
+@click.option("--model", "kind", default=None, help="Ranker kind: treelstm (default) or gnn.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Maximum epochs (early stopping may stop sooner).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, split and shuffling.")
+@click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+              help="Fine-tune this saved model instead of starting from scratch.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, help="Number of models.")
+def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed: int, init: Path | None,
+              ensemble: int) -> None:
+    """Fit a surrogate on DATA (CSV/JSONL with cell and score columns, or a run folder) and save it to --out."""
+    from evonas.surrogate.api import Surrogate
+    from evonas.surrogate.data import read_records
+    from evonas.surrogate.model import kinds
+
+    if kind is not None and kind not in kinds():
+        raise ConfigError(f"unknown --model {kind!r}; expected one of {kinds()}")
+    records = read_records(data)
+    if init is not None:
+        model = Surrogate.load(init)
+        if kind is not None and kind != model.kind:
+            raise ConfigError(f"--model {kind} does not match the kind of the --init model ({model.kind})")
+        model.seed = seed
+        report = model.fit(records, warm_start=True, epochs=epochs)
+    else:
+        model = Surrogate(kind or "treelstm", seed=seed, ensemble=ensemble)
+        report = model.fit(records, epochs=epochs)
+    model.save(out)
+    fails = sum(r.score is None for r in records)
+    click.echo(f"trained {model.kind} on {len(records)} cells ({fails} failed/diverged): {report.epochs} epochs, "
+               f"best held-out loss {report.best_valid_loss if report.best_valid_loss is not None else 'n/a'} "
+               f"at epoch {report.best_epoch}, {report.seconds:.1f}s -> {out}")
+
+
+@surrogate.command("evaluate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+def evaluate_cmd(model_path: Path, data: Path) -> None:
+    """Print Kendall tau, Spearman, top-10% precision and RMSE of MODEL's predictions on DATA."""
+    from evonas.surrogate.api import Surrogate
+    from evonas.surrogate.data import read_records
+
+    model = Surrogate.load(model_path)
+    m = model.evaluate(read_records(data))
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    click.echo(f"cells            {m['n']} ({m['failures']} failed/diverged, ranked last)")
+    click.echo(f"kendall_tau      {fmt(m['kendall_tau'])}")
+    click.echo(f"spearman         {fmt(m['spearman'])}")
+    click.echo(f"top10_precision  {fmt(m['top10_precision'])}")
+    click.echo(f"rmse             {fmt(m['rmse'])}  (successful cells, score units)")
+
+
+@surrogate.command("rank")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("cells", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="CSV to write (default: stdout).")
+def rank_cmd(model_path: Path, cells: Path, out: Path | None) -> None:
+    """Predict a score (lower = better) for each cell of CELLS (one per line, or a CSV with a cell column),
+    in input order."""
+    from evonas.surrogate.api import Surrogate
+    from evonas.surrogate.data import read_cells
+
+    model = Surrogate.load(model_path)
+    texts = read_cells(cells)
+    scores = model.score(texts)
+    if out is None:
+        _write(sys.stdout, texts, scores)
+        return
+    try:
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            _write(f, texts, scores)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror})") from e
+    click.echo(f"wrote {len(texts)} predicted scores to {out}")
+
+
+def _write(stream, texts: list[str], scores: list[float]) -> None:
+    w = csv.writer(stream, lineterminator="\n")
+    w.writerow(["cell", "predicted_score"])
+    for t, s in zip(texts, scores, strict=True):
+        w.writerow([t, f"{s:.6g}"])

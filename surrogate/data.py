@@ -66,7 +66,18 @@ def _read_csv(path: Path) -> list[Record]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "cell" not in reader.fieldnames or "score" not in reader.fieldnames:
             raise DataError(f"{path}: a CSV needs the columns 'cell' and 'score' (found {reader.fieldnames})")
-        return [_record(row, f"{path}:{reader.line_num}") for row in reader]
+        out = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            _no_extra_fields(row, where)
+            out.append(_record(row, where))
+        return out
+
+
+def _no_extra_fields(row: dict, where: str) -> None:
+    """csv puts surplus fields under the key None: almost always a cell with commas left unquoted."""
+    if None in row:
+        raise DataError(f"{where}: more fields than the header (put cells containing commas in double quotes)")
 
 
 def _read_jsonl(path: Path) -> list[Record]:
@@ -129,7 +140,9 @@ def read_cells(path: str | Path) -> list[str]:
             if reader.fieldnames is None or "cell" not in reader.fieldnames:
                 raise DataError(f"{p}: a CSV of cells needs a 'cell' column (found {reader.fieldnames})")
             for row in reader:
-                out.append(_check_cell(row["cell"] or "", f"{p}:{reader.line_num}"))
+                where = f"{p}:{reader.line_num}"
+                _no_extra_fields(row, where)
+                out.append(_check_cell(row["cell"] or "", where))
     else:
         with open(p, encoding="utf-8") as f:
             for no, line in enumerate(f, 1):
