@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,16 +15,54 @@ from evonas.errors import ConfigError
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
+class SurrogateScreen:
+    """Adapts an `evonas.surrogate` ranker to the search's screen: score, refit after each generation, persist.
+
+    After generation g the refitted model is saved as `RUN/surrogate/gen-<g>`, so a resumed run reloads the
+    exact model the interrupted run would have used instead of refitting from scratch.
+    """
+
+    def __init__(self, kind: str, run_dir: Path, seed: int):
+        from evonas.surrogate.api import make_surrogate
+
+        self.kind, self.seed = kind, seed
+        self.folder = Path(run_dir) / "surrogate"
+        self.model = make_surrogate(kind, seed=seed)
+
+    def score(self, cells: list[str]) -> list[float]:
+        """Predicted validation loss (lower = better); NaN for all before the first fit (random choice)."""
+        if not self.model.fitted:
+            return [math.nan] * len(cells)
+        return self.model.score(cells)
+
+    def learn(self, records: list[dict]) -> None:
+        """Refit on the archive (warm start after the first fit) and save the model for this generation."""
+        if not records:
+            return
+        self.model.fit(records, warm_start=self.model.fitted)
+        gen = max(r.get("generation", 0) for r in records)
+        self.model.save(self.folder / f"gen-{gen:04d}")
+        for old in self.folder.glob("gen-*"):
+            if old.name < f"gen-{gen - 1:04d}":
+                shutil.rmtree(old, ignore_errors=True)
+
+    def on_resume(self, records: list[dict]) -> None:
+        """Reload the model saved after the last finished generation (refit when it is missing)."""
+        from evonas.surrogate.api import Surrogate
+
+        gen = max((r.get("generation", 0) for r in records), default=-1)
+        saved = self.folder / f"gen-{gen:04d}"
+        if saved.is_dir():
+            self.model = Surrogate.load(saved)
+        else:
+            self.learn(records)
+
+
 def make_screen(kind: str, run_dir: Path, seed: int) -> Any:
     """The surrogate screen named by the config, or None; evonas.surrogate is imported only when asked for."""
     if kind == "none":
         return None
-    import evonas.surrogate as sur
-
-    factory = getattr(sur, "make_screen", None)
-    if factory is None:
-        raise ConfigError(f"surrogate {kind!r} is not available: evonas.surrogate has no make_screen()")
-    return factory(kind, run_dir=run_dir, seed=seed)
+    return SurrogateScreen(kind, run_dir, seed)
 
 
 def _summary(best: dict) -> None:

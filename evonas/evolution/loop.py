@@ -9,6 +9,7 @@ only counts archive rows of earlier generations, so a replayed generation choose
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -170,7 +171,7 @@ class Search:
         self.progress = Progress(self.total_evaluations(), self.stderr, done, best, fails, self.elapsed)
         try:
             if self.screen is not None and self.resumed and self.next_gen > 0:
-                scr.learn(self.screen, self._records(before=self.next_gen))
+                scr.on_resume(self.screen, self._records(before=self.next_gen))
             while self.next_gen <= self.cfg.generations:
                 self._generation(self.next_gen)
             return best_cells(self.archive.rows(), self.cfg.best_k, self.seeds)
@@ -245,8 +246,8 @@ class Search:
         if not cands:
             return [], None, {"candidates": 0}
         keys = [c.key for c in cands]
-        if self.screen is not None:
-            scores = scr.clean_scores(self.screen.score(keys), len(keys))
+        scores = scr.clean_scores(self.screen.score(keys), len(keys)) if self.screen is not None else None
+        if scores is not None and not all(math.isinf(v) for v in scores):  # an unfitted screen says nothing
             idx = scr.pick(keys, scores, n, self.cfg.explore_share, self.rng)
             return [cands[i] for i in idx], [scores[i] for i in idx], {"candidates": len(cands)}
         idx = scr.random_subset(len(cands), n, self.rng)

@@ -81,3 +81,13 @@ def learn(screen: Any, records: list[dict]) -> bool:
             hook(records)
             return True
     return False
+
+
+def on_resume(screen: Any, records: list[dict]) -> None:
+    """Bring a screen back to its state after the last finished generation: its `on_resume(records)` hook
+    (e.g. reload a saved model) when it has one, else a refit with `learn`."""
+    hook = getattr(screen, "on_resume", None)
+    if callable(hook):
+        hook(records)
+    else:
+        learn(screen, records)
