@@ -224,14 +224,14 @@ class Search:
         for name in self.cfg.seed_cells:
             label, node = resolve_seed(name)
             key = canonical_text(node)
-            if key in keys:
+            self.seeds[label] = key
+            if key in keys:  # two names for one architecture (e.g. mgu and gru): train it once
                 continue
             try:
                 ind = make_individual(node, self.tb.pset)
             except ConfigError:  # an operator outside this run's set: a baseline only, never a parent
                 ind = _Baseline(node)
                 ind.in_pset = False
-            self.seeds[label] = key
             keys.add(key)
             out.append(ind)
         fresh = self.tb.population(self.cfg.population, exclude=keys | seen)

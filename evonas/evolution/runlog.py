@@ -112,7 +112,7 @@ def best_cells(rows: list[dict], k: int, seeds: dict[str, str]) -> dict[str, Any
                 key=lambda r: (r["valid_loss"], r["params"], r["key"]))
     latest = {r["key"]: r for r in rows}
     return {"best": [entry(r) for r in ok[:k]],
-            "baselines": [entry(latest[key]) for name, key in seeds.items() if key in latest]}
+            "baselines": [{**entry(latest[key]), "seed": name} for name, key in seeds.items() if key in latest]}
 
 
 def write_best_cells(run_dir: Path, data: dict) -> None:
