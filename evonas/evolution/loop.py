@@ -80,6 +80,7 @@ class Search:
         self.tb = make_toolbox(config, self.rng)
         self.selector = self.tb.selector()
         self.filters = config.filter_config()
+        self.seed_nodes = [resolve_seed(name) for name in config.seed_cells]  # bad names fail before any work
         self.budget = budget if budget is not None else config.train_dict()
         self.screen = screen
         self._evaluator, self._owns_evaluator = evaluator, evaluator is None
@@ -221,8 +222,7 @@ class Search:
     def _initial(self, seen: set[str]) -> list:
         """Generation 0: the seed cells (any operator set, any size) and a random population under the filters."""
         out, keys = [], set()
-        for name in self.cfg.seed_cells:
-            label, node = resolve_seed(name)
+        for label, node in self.seed_nodes:
             key = canonical_text(node)
             self.seeds[label] = key
             if key in keys:  # two names for one architecture (e.g. mgu and gru): train it once
