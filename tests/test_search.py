@@ -199,3 +199,13 @@ def test_seed_outside_operator_set_is_a_baseline_only(tmp_path):
 def test_unknown_seed_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="seed_cells: 'lstmm'"):
         search(cfg(seed_cells=["lstmm"]), tmp_path).run()
+
+
+def test_stopped_run_extended_with_more_generations_matches_a_longer_run(tmp_path):
+    search(cfg(generations=4), tmp_path / "a").run()
+    search(cfg(generations=2), tmp_path / "b").run()
+    s = Search.resume(tmp_path / "b", evaluator=Inline(), budget=BUDGET, overrides={"generations": 4},
+                      stdout=io.StringIO(), stderr=io.StringIO())
+    assert s.next_gen == 3
+    s.run()
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
