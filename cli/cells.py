@@ -61,11 +61,17 @@ def list_cells(as_json: bool) -> None:
 @cells.command("show")
 @click.argument("name_or_text")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-# A later `--out FILE.svg` (a diagram of the cell) slots in here as one more option.
-def show(name_or_text: str, as_json: bool) -> None:
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the cell with Graphviz to FILE.svg, FILE.png or FILE.dot (.dot needs no Graphviz).")
+def show(name_or_text: str, as_json: bool, out: str | None) -> None:
     """Show one cell (a library name or a cell text): canonical text, size, operators, filters, equations."""
     node = resolve(name_or_text)  # CellSyntaxError/CellError -> one line on stderr, exit code 2
     entry = lookup(name_or_text)
+    if out is not None:
+        from evonas.cells.diagram import write_diagram
+
+        path = write_diagram(node, out, entry.name if entry is not None else "")  # EvonasError -> exit code 2
+        click.echo(f"wrote {path}", err=True)
     facts = _summary(node)
     if entry is not None:
         facts = {"name": entry.name, "citation": entry.citation, "description": entry.description,
