@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import dgl
 import numpy as np
 import torch
+from evonas.surrogate.template import Template, dag_arrays, dag_depth, template, template_of, tree_arrays
 
 from evonas.cells import OPS, SOURCES, Node, parse
 from evonas.cells.tree import find, uses
@@ -34,15 +36,16 @@ FORMS = ("tree", "dag")
 
 @dataclass(frozen=True)
 class CellGraph:
-    """One unrolled cell as flat arrays: node features, child->parent edges, and the root's index."""
+    """One unrolled cell as flat lists (numpy only per batch: cheaper for small cells): node features,
+    child->parent edges, and the root's index."""
 
-    op: np.ndarray
-    step: np.ndarray
-    slot: np.ndarray  # per node (tree form: its slot in its parent; DAG: 0 for shared nodes)
-    depth: np.ndarray  # distance from the root (tree form); DAG: longest distance from the root
-    src: np.ndarray
-    dst: np.ndarray
-    eslot: np.ndarray  # slot of each edge's child in its parent
+    op: list[int]
+    step: list[int]
+    slot: list[int]  # per node (tree form: its slot in its parent; DAG: 0 for shared nodes)
+    depth: list[int]  # distance from the root (tree form); DAG: longest distance from the root
+    src: list[int]
+    dst: list[int]
+    eslot: list[int]  # slot of each edge's child in its parent
     root: int
 
     @property
@@ -61,9 +64,7 @@ def canonical_key(cell: Node) -> str:
 
 
 def _arrays(ops, steps, slots, depth, src, dst, eslot, root) -> CellGraph:
-    i64 = np.int64
-    return CellGraph(np.asarray(ops, i64), np.asarray(steps, i64), np.asarray(slots, i64), np.asarray(depth, i64),
-                     np.asarray(src, i64), np.asarray(dst, i64), np.asarray(eslot, i64), root)
+    return CellGraph(list(ops), list(steps), list(slots), list(depth), list(src), list(dst), list(eslot), root)
 
 
 def _source_label(op: str, step: int) -> tuple[int, int]:
@@ -186,6 +187,23 @@ def _longest_depth(n: int, src: list[int], dst: list[int], root: int) -> list[in
 _BUILDERS = {"tree": tree_graph, "dag": dag_graph}
 
 
+def _from_template(tp: Template, form: str) -> CellGraph:
+    """Fast builder (same graph as `tree_graph` / `dag_graph`, which are the readable reference)."""
+    if form == "tree":
+        ops, steps, slots, depth, parent = tree_arrays(tp, OP_INDEX)
+        return CellGraph(ops, steps, slots, depth, list(range(1, len(ops))), parent[1:], slots[1:], 0)
+    ops, steps, src, dst, eslot, root, topo = dag_arrays(tp, OP_INDEX)
+    n = len(ops)
+    uses = [0] * n
+    for v in src:
+        uses[v] += 1
+    node_slot = [0] * n
+    for v, e in zip(src, eslot, strict=True):
+        if uses[v] == 1:
+            node_slot[v] = e
+    return CellGraph(ops, steps, node_slot, dag_depth(n, src, dst, topo), src, dst, eslot, root)
+
+
 class GraphCache:
     """Cell text -> CellGraph, memoised by raw text and by canonical text (bounded; cleared when full)."""
 
@@ -203,17 +221,18 @@ class GraphCache:
             hit = self._by_text.get(cell)
             if hit is not None:
                 return hit
-            node = parse(cell)
+            tp = template(cell)
+            if tp is None:
+                tp = template_of(parse(cell))  # parse raises the CellSyntaxError for a malformed text
         else:
-            node = cell
-        key = canonical_key(node)
-        graph = self._by_canon.get(key)
+            tp = template_of(cell)
+        graph = self._by_canon.get(tp.key)
         if graph is None:
             if len(self._by_canon) >= self.max_size:
                 self._by_canon.clear()
                 self._by_text.clear()
-            graph = _BUILDERS[self.form](node)
-            self._by_canon[key] = graph
+            graph = _from_template(tp, self.form)
+            self._by_canon[tp.key] = graph
         if isinstance(cell, str):
             self._by_text[cell] = graph
         return graph
@@ -246,18 +265,19 @@ class GraphBatch:
 
 def batch_graphs(graphs: Sequence[CellGraph], form: str) -> GraphBatch:
     """Concatenate per-cell arrays into one DGL graph (tree form: nodes reordered deepest level first)."""
-    counts = np.fromiter((gr.num_nodes for gr in graphs), np.int64, len(graphs))
+    counts = np.fromiter((len(gr.op) for gr in graphs), np.int64, len(graphs))
     ecounts = np.fromiter((len(gr.src) for gr in graphs), np.int64, len(graphs))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    cat = np.concatenate
-    op = cat([gr.op for gr in graphs])
-    step = cat([gr.step for gr in graphs])
-    slot = cat([gr.slot for gr in graphs])
-    depth = cat([gr.depth for gr in graphs])
+    n_total, e_total = int(counts.sum()), int(ecounts.sum())
+
+    def cat(name: str, total: int) -> np.ndarray:
+        return np.fromiter(chain.from_iterable(getattr(gr, name) for gr in graphs), np.int64, total)
+
+    op, step, slot, depth = (cat(name, n_total) for name in ("op", "step", "slot", "depth"))
     eoff = np.repeat(offsets, ecounts)
-    src = cat([gr.src for gr in graphs]) + eoff
-    dst = cat([gr.dst for gr in graphs]) + eoff
-    eslot = cat([gr.eslot for gr in graphs])
+    src = cat("src", e_total) + eoff
+    dst = cat("dst", e_total) + eoff
+    eslot = cat("eslot", e_total)
     roots = offsets + np.fromiter((gr.root for gr in graphs), np.int64, len(graphs))
     n = int(counts.sum())
     graph_id = np.repeat(np.arange(len(graphs), dtype=np.int64), counts)
@@ -300,8 +320,9 @@ def cell_graph(cell: str | Node, form: str = "tree") -> dgl.DGLGraph:
     """The DGL graph of one cell unrolled one step (convenience for inspection and tests)."""
     node = parse(cell) if isinstance(cell, str) else cell
     gr = _BUILDERS[form](node)
-    g = dgl.graph((torch.from_numpy(gr.src), torch.from_numpy(gr.dst)), num_nodes=gr.num_nodes)
+    g = dgl.graph((torch.tensor(gr.src, dtype=torch.int64), torch.tensor(gr.dst, dtype=torch.int64)),
+                  num_nodes=gr.num_nodes)
     for name in ("op", "step", "slot", "depth"):
-        g.ndata[name] = torch.from_numpy(getattr(gr, name))
-    g.edata["slot"] = torch.from_numpy(gr.eslot)
+        g.ndata[name] = torch.tensor(getattr(gr, name), dtype=torch.int64)
+    g.edata["slot"] = torch.tensor(gr.eslot, dtype=torch.int64)
     return g

@@ -1,0 +1,237 @@
+"""Fast path from cell text to the unrolled graph arrays, for scoring many cells per second.
+
+`template(text)` reads a cell into flat pre-order arrays in one pass over its tokens (no `Node` objects) and
+computes its canonical text; it accepts exactly what `evonas.cells.parse` accepts and returns None for
+anything else, so the caller falls back to `parse` (which raises the proper CellSyntaxError). The
+unrolled tree and DAG are then assembled by copying slices of the template (see graph.py for the rules).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from evonas.cells import OPS, Node, to_text
+from evonas.cells.ops import SOURCE_ALIASES, SOURCES
+from evonas.cells.parse import MAX_DEPTH, MAX_LENGTH
+
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\{[^{}()\s,]*\})?|[(),]")
+_ARITY = {name: spec.arity for name, spec in OPS.items()}
+_COMMUTATIVE = frozenset(n for n, s in OPS.items() if s.commutative)
+_SOURCE_SET = frozenset(SOURCES)
+
+
+@dataclass
+class Template:
+    """A cell in pre-order: names (aliases resolved), parent index (-1 = root), argument slot (1-based for the
+    non-commutative operators, else 0), depth, subtree end (one past the last pre-order index), canonical key."""
+
+    names: list[str]
+    parent: list[int]
+    slot: list[int]
+    depth: list[int]
+    end: list[int]
+    key: str
+
+
+def template(text: str) -> Template | None:
+    """Read a cell text in one pass; None when the text is not exactly a cell the parser accepts."""
+    if not isinstance(text, str) or len(text) > MAX_LENGTH:
+        return None
+    toks = _TOKEN.findall(text)
+    if "".join(toks) != "".join(text.split()):
+        return None  # a character outside the language (or exotic whitespace): let the parser decide
+    names: list[str] = []
+    parent: list[int] = []
+    slot: list[int] = []
+    depth: list[int] = []
+    end: list[int] = []
+    children: list[list[int]] = []
+    stack: list[list] = []  # [node index, name, arguments seen]
+    i, ntok = 0, len(toks)
+    while True:
+        # an operand
+        if i >= ntok:
+            return None
+        tok = SOURCE_ALIASES.get(toks[i], toks[i])
+        idx = len(names)
+        if stack:
+            top = stack[-1]
+            p = top[0]
+            s = top[2] + 1 if top[1] in ("Gate3", "Sub", "Div") else 0
+            children[p].append(idx)
+        else:
+            p, s = -1, 0
+        names.append(tok)
+        parent.append(p)
+        slot.append(s)
+        depth.append(len(stack))
+        end.append(idx + 1)
+        children.append([])
+        if tok in _SOURCE_SET:
+            if i + 1 < ntok and toks[i + 1] == "(":
+                return None
+            i += 1
+        elif tok in _ARITY:
+            if i + 1 >= ntok or toks[i + 1] != "(" or len(stack) >= MAX_DEPTH:
+                return None
+            stack.append([idx, tok, 0])
+            i += 2
+            continue
+        else:
+            return None
+        # after an operand: close finished operators, or move to the next argument
+        while stack:
+            top = stack[-1]
+            top[2] += 1
+            if i >= ntok:
+                return None
+            t = toks[i]
+            if t == ",":
+                i += 1
+                break
+            if t != ")" or top[2] != _ARITY[top[1]]:
+                return None
+            end[top[0]] = len(names)
+            stack.pop()
+            i += 1
+        else:
+            if i != ntok:
+                return None
+            break
+        if top[2] >= _ARITY[top[1]]:
+            return None  # a comma after the last argument
+    texts: list[str] = [""] * len(names)
+    for k in range(len(names) - 1, -1, -1):
+        kids = children[k]
+        if not kids:
+            texts[k] = names[k]
+            continue
+        parts = [texts[c] for c in kids]
+        if names[k] in _COMMUTATIVE:
+            parts.sort()
+        texts[k] = f"{names[k]}({','.join(parts)})"
+    return Template(names, parent, slot, depth, end, texts[0])
+
+
+def template_of(cell: Node) -> Template:
+    """The template of an already parsed cell (same arrays as `template(to_text(cell))`)."""
+    t = template(to_text(cell))
+    if t is None:  # pragma: no cover - to_text always prints a parsable cell
+        raise ValueError(f"cannot read {to_text(cell)!r}")
+    return t
+
+
+def _labels(tp: Template, op_index: dict[str, int]) -> tuple[list[int], list[int], list[int]]:
+    """Operator index at t (x_prev at t is x at t-1), its step, and the operator index at t-1."""
+    op1 = [op_index[n] for n in tp.names]
+    x = op_index["x"]
+    op0 = [x if n == "x_prev" else o for n, o in zip(tp.names, op1, strict=True)]
+    step0 = [1 if n == "x_prev" else 0 for n in tp.names]
+    return op0, step0, op1
+
+
+def tree_arrays(tp: Template, op_index: dict[str, int]) -> tuple[list[int], ...]:
+    """(op, step, slot, depth, parent) of the unrolled tree, pre-order, root first."""
+    op0, step0, op1 = _labels(tp, op_index)
+    names, par, slot_l, dep = tp.names, tp.parent, tp.slot, tp.depth
+    mem = names.index("Memory") if "Memory" in names else -1
+    ops: list[int] = []
+    steps: list[int] = []
+    slots: list[int] = []
+    depth: list[int] = []
+    parent: list[int] = []
+    gmap = [0] * len(names)
+
+    def block(a: int, b: int, gp: int, s: int, d: int) -> None:
+        base = len(ops)
+        ops.extend(op1[a:b])
+        steps.extend([1] * (b - a))
+        slots.append(s)
+        slots.extend(slot_l[a + 1:b])
+        dd = d - dep[a]
+        depth.extend([x + dd for x in dep[a:b]])
+        off = base - a
+        parent.append(gp)
+        parent.extend([p + off for p in par[a + 1:b]])
+
+    for i, name in enumerate(names):
+        gp = gmap[par[i]] if par[i] >= 0 else -1
+        if name == "h_prev":
+            block(0, len(names), gp, slot_l[i], dep[i])
+        elif name == "c_prev" and mem >= 0:
+            block(mem, tp.end[mem], gp, slot_l[i], dep[i])
+        else:
+            gmap[i] = len(ops)
+            ops.append(op0[i])
+            steps.append(step0[i])
+            slots.append(slot_l[i])
+            depth.append(dep[i])
+            parent.append(gp)
+    return ops, steps, slots, depth, parent
+
+
+def dag_arrays(tp: Template, op_index: dict[str, int]) -> tuple[list, ...]:
+    """(op, step, src, dst, eslot, root, topo) of the shared-node DAG; `topo` lists nodes parents-first."""
+    op0, step0, op1 = _labels(tp, op_index)
+    names, par, slot_l = tp.names, tp.parent, tp.slot
+    mem = names.index("Memory") if "Memory" in names else -1
+    ops: list[int] = []
+    steps: list[int] = []
+    src: list[int] = []
+    dst: list[int] = []
+    eslot: list[int] = []
+    sources: dict[tuple[int, int], int] = {}
+    inner_t: list[int] = []
+    inner_prev: list[int] = []
+
+    def copy(a: int, b: int, step: int, prev_root: int, prev_mem: int) -> list[int]:
+        gmap = [0] * len(names)
+        for i in range(a, b):
+            name = names[i]
+            if step == 0 and name == "h_prev" and prev_root >= 0:
+                g = prev_root
+            elif step == 0 and name == "c_prev" and prev_mem >= 0:
+                g = prev_mem
+            elif name in _SOURCE_SET:
+                key = (op0[i], step0[i]) if step == 0 else (op1[i], 1)
+                g = sources.get(key, -1)
+                if g < 0:
+                    g = sources[key] = len(ops)
+                    ops.append(key[0])
+                    steps.append(key[1])
+            else:
+                g = len(ops)
+                ops.append(op1[i])
+                steps.append(step)
+                (inner_t if step == 0 else inner_prev).append(g)
+            gmap[i] = g
+            if i != a:
+                src.append(g)
+                dst.append(gmap[par[i]])
+                eslot.append(slot_l[i])
+        return gmap
+
+    prev_root = prev_mem = -1
+    if "h_prev" in names:
+        gm = copy(0, len(names), 1, -1, -1)
+        prev_root = gm[0]
+        prev_mem = gm[mem] if mem >= 0 else -1
+    elif "c_prev" in names and mem >= 0:
+        prev_mem = copy(mem, tp.end[mem], 1, -1, -1)[mem]
+    root = copy(0, len(names), 0, prev_root, prev_mem)[0]
+    topo = inner_t + inner_prev + list(sources.values())
+    return ops, steps, src, dst, eslot, root, topo
+
+
+def dag_depth(n: int, src: list[int], dst: list[int], topo: list[int]) -> list[int]:
+    """Longest distance from the root of every DAG node, given a parents-first order."""
+    parents: list[list[int]] = [[] for _ in range(n)]
+    for s, d in zip(src, dst, strict=True):
+        parents[s].append(d)
+    depth = [0] * n
+    for v in topo:
+        ps = parents[v]
+        if ps:
+            depth[v] = max(depth[p] for p in ps) + 1
+    return depth
