@@ -1,0 +1,98 @@
+"""The model around a cell: input embedding or projection, stacked compiled cells, dropout, output layer.
+
+Dropout (all off by default; probabilities in [0, 1)):
+- `dropout_emb`: embedding dropout (whole rows of the embedding matrix, as in AWD-LSTM), token inputs only;
+- `dropout_in`: variational (locked) dropout on the inputs of the first layer, one mask per sequence;
+- `dropout_h`: variational dropout on the hidden states h passed between stacked layers, one mask per
+  sequence. The compiled cell runs the recurrence inside one call, so this acts on the h sequence a layer
+  outputs, not on the h_prev the cell reads back (no weight-drop);
+- `dropout_out`: variational dropout on the last layer's h before the output layer.
+Every layer runs the same cell with input size = hidden size, so every well-formed cell type-checks
+(x may appear without an MM). With tokens and `tie=True`, the output layer shares the embedding matrix
+(the last layer's size must then equal the embedding size, which is true because all layers have the hidden size).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from evonas.cells import Node
+from evonas.compiler import compile_cell
+
+State = list[tuple[Tensor, Tensor | None]]
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared over time steps (variational dropout)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+def embedded_dropout(embed: nn.Embedding, words: Tensor, p: float, training: bool) -> Tensor:
+    """Embedding lookup that drops whole words (rows of the matrix) with probability p while training."""
+    weight = embed.weight
+    if training and p > 0.0:
+        mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+        weight = weight * mask
+    return nn.functional.embedding(words, weight)
+
+
+class CellModel(nn.Module):
+    """Embedding/projection -> `layers` compiled cells -> output logits, for one task's inputs and outputs."""
+
+    def __init__(self, cell: Node | str, input_kind: str, n_inputs: int, n_outputs: int, hidden: int,
+                 layers: int = 1, tie: bool = False, dropout_emb: float = 0.0, dropout_in: float = 0.0,
+                 dropout_h: float = 0.0, dropout_out: float = 0.0):
+        super().__init__()
+        self.input_kind = input_kind
+        if input_kind == "tokens":
+            self.encoder: nn.Module = nn.Embedding(n_inputs, hidden)
+            nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        else:
+            self.encoder = nn.Linear(n_inputs, hidden)
+        self.cells = nn.ModuleList(compile_cell(cell, hidden, hidden) for _ in range(layers))
+        self.decoder = nn.Linear(hidden, n_outputs)
+        nn.init.zeros_(self.decoder.bias)
+        self.tied = bool(tie and input_kind == "tokens")
+        if self.tied:
+            self.decoder.weight = self.encoder.weight
+        self.dropout_emb = dropout_emb
+        self.drop_in = LockedDropout(dropout_in)
+        self.drop_h = LockedDropout(dropout_h)
+        self.drop_out = LockedDropout(dropout_out)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Logits [T, B, n_outputs] for inputs x ([T, B] ids or [T, B, F] floats) and the new per-layer state."""
+        if self.input_kind == "tokens":
+            h = embedded_dropout(self.encoder, x, self.dropout_emb, self.training)
+        else:
+            h = self.encoder(x)
+        h = self.drop_in(h)
+        new_state: State = []
+        for i, cell in enumerate(self.cells):
+            if i > 0:
+                h = self.drop_h(h)
+            h, s = cell(h, None if state is None else state[i])
+            new_state.append(s)
+        return self.decoder(self.drop_out(h)), new_state
+
+
+def detach_state(state: State | None) -> State | None:
+    """The state cut from the graph (truncated BPTT carries values, not gradients)."""
+    if state is None:
+        return None
+    return [(h.detach(), None if c is None else c.detach()) for h, c in state]
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
