@@ -22,7 +22,7 @@ from torch import Tensor
 
 from evonas.cells import Node
 from evonas.cells.ops import INPUT_SOURCES
-from evonas.compiler_ops import ELEMENTWISE, position_encoding
+from evonas.compiler_ops import ELEMENTWISE, position_encoding, recurrent_addmm, recurrent_weight
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
 Slots = list  # the per-forward value table: slot index -> tensor
@@ -183,7 +183,8 @@ class Plan:
     def _emit_group(self, g: Group) -> None:
         a = self._emit(g.operand)
         k, hidden = len(g.members), self.hidden
-        w = self._const("group_weight_t", g.operand)
+        w = self._const("group_weight", g.operand)  # two slots: the weight and its step store
+        self._new_slot()
         out = self._new_slot(k)
         for i, (m, add) in enumerate(zip(g.members, g.adds, strict=True)):
             self.slot_of[add if add is not None else m] = out + i
@@ -196,12 +197,20 @@ class Plan:
         if k == 1:
 
             def run(s: Slots) -> None:
-                s[out] = addmm(s[term], s[a], s[w])
+                store = s[w + 1]
+                if store is None:  # no autograd: s[w] holds the transposed weight
+                    s[out] = addmm(s[term], s[a], s[w])
+                else:
+                    s[out] = recurrent_addmm(s[term], s[a], s[w], store)
 
         else:
 
             def run(s: Slots) -> None:
-                s[out : out + k] = addmm(s[term], s[a], s[w]).split(hidden, 1)
+                store = s[w + 1]
+                if store is None:
+                    s[out : out + k] = addmm(s[term], s[a], s[w]).split(hidden, 1)
+                else:
+                    s[out : out + k] = recurrent_addmm(s[term], s[a], s[w], store).split(hidden, 1)
 
         self.instructions.append(run)
 
@@ -325,9 +334,13 @@ def fast_forward(
 
     slots: list = [None] * plan.n_slots
     for slot, kind, ident in plan.consts:
-        if kind == "group_weight_t":
+        if kind == "group_weight":
             members = plan.dynamic_groups[ident].members
-            slots[slot] = _cat([weights[values[m].param] for m in members]).t()
+            weight = _cat([weights[values[m].param] for m in members])
+            if torch.is_grad_enabled():  # per-step products, one weight-gradient product over all steps
+                slots[slot], slots[slot + 1] = recurrent_weight(weight)
+            else:
+                slots[slot], slots[slot + 1] = weight.t(), None
         elif kind == "group_bias":
             bs = [biases[values[m].param] for m in plan.dynamic_groups[ident].members]
             slots[slot] = _cat(bs)

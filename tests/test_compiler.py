@@ -402,3 +402,30 @@ def test_library_cells_compile_and_fast_equals_reference() -> None:
     assert {"lstm", "gru_pytorch"} <= set(entries)
     for entry in entries.values():
         assert_fast_equals_reference(entry.text, 3, 5)
+
+
+def test_no_grad_forward_equals_reference() -> None:
+    torch.manual_seed(8)
+    for text in PLAN_CASES:
+        module = compile_cell(text, 3, 5)
+        x = torch.randn(6, 2, 3)
+        with torch.no_grad():
+            got, (h, _) = module(x)
+            want, (wh, _) = reference_forward(module, x)
+        assert not got.requires_grad
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_weight_gradients_with_partial_loss_and_repeated_backward() -> None:
+    """The per-step weight gradients deferred to one product: partial losses and retain_graph stay right."""
+    torch.manual_seed(9)
+    module = compile_cell(GRU_PYTORCH, 3, 4)
+    x = torch.randn(8, 2, 3)
+    out, _ = reference_forward(module, x)
+    want = torch.autograd.grad(out[:5].square().sum(), list(module.parameters()))
+    out, _ = module(x)
+    loss = out[:5].square().sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for p, w in zip(module.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, 2 * w, atol=1e-5, rtol=1e-5)

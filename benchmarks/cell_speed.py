@@ -1,0 +1,130 @@
+"""Forward+backward speed of compiled cells, measured side by side in one process (median of repeats).
+
+1. The library LSTM compiled by evonas against torch.nn.LSTM (fused C++ kernel) at (T=35, B=20, I=H=200)
+   and (T=35, B=64, I=H=650). Targets on a 2-core CPU: <= 2.0x and <= 1.3x.
+2. Three random well-formed cells (passing the search filters, extended operators): the fast evaluator
+   against the plain node-by-node one (`fast=False`).
+
+Each repeat times every contender once, in alternating order, so that load from other processes hits
+them alike; the median over repeats is reported.
+
+    .venv/bin/python benchmarks/cell_speed.py [--threads 1] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from evonas.cells import EXTENDED, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
+from evonas.compiler import compile_cell
+from evonas.errors import CellError
+
+LSTM = (
+    "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Memory(Add(Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev),"
+    "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Add(MM(x),MM(h_prev))))))))"
+)
+
+
+# CPU time of this process: on a machine shared with other jobs, wall time mostly measures their load.
+CLOCK = time.process_time
+
+
+def fwd_bwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One training-like call: forward over the sequence, backward from the sum of the outputs."""
+
+    def run() -> None:
+        for p in model.parameters():
+            p.grad = None
+        out, _ = model(x)
+        out.sum().backward()
+
+    return run
+
+
+def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each contender, timed interleaved (order alternates every repeat)."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = CLOCK()
+            contenders[name]()
+            times[name].append(CLOCK() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def random_cells(seed: int, count: int) -> list[Node]:
+    """Well-formed cells of 12..21 nodes over the extended operators that pass the search filters."""
+    rng, ops, found = random.Random(seed), sorted(EXTENDED), []
+
+    def grow(depth: int) -> Node:
+        if depth == 0 or rng.random() < 0.2:
+            return Node(rng.choice(SOURCES))
+        op = rng.choice([*ops, "MM", "MM", "Add", "Mult"])
+        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
+
+    while len(found) < count:
+        cell = grow(6)
+        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
+            continue
+        try:
+            check(cell, 200, 200)
+        except CellError:
+            continue
+        found.append(cell)
+    return found
+
+
+def main() -> None:
+    """Print the ratios."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats} (median)")
+
+    print("\ncompiled LSTM vs torch.nn.LSTM, forward+backward")
+    for steps, batch, size in [(35, 20, 200), (35, 64, 650)]:
+        x = torch.randn(steps, batch, size)
+        lstm = nn.LSTM(size, size)
+        cell = compile_cell(LSTM, size, size)
+        ref = compile_cell(LSTM, size, size)
+        ref.fast = False
+        t = compare(
+            {"nn.LSTM": fwd_bwd(lstm, x), "compiled": fwd_bwd(cell, x), "node-by-node": fwd_bwd(ref, x)},
+            args.repeats,
+        )
+        print(
+            f"  T={steps} B={batch} I=H={size}: nn.LSTM {t['nn.LSTM'] * 1e3:7.1f} ms, "
+            f"compiled {t['compiled'] * 1e3:7.1f} ms = {t['compiled'] / t['nn.LSTM']:.2f}x, "
+            f"node-by-node {t['node-by-node'] * 1e3:7.1f} ms = {t['node-by-node'] / t['nn.LSTM']:.2f}x"
+        )
+
+    print("\nrandom cells (extended operators, search filters on): fast vs node-by-node, T=35 B=20 I=H=200")
+    x = torch.randn(35, 20, 200)
+    for cell in random_cells(args.seed, 3):
+        fast = compile_cell(cell, 200, 200)
+        slow = compile_cell(cell, 200, 200)
+        slow.fast = False
+        t = compare({"fast": fwd_bwd(fast, x), "reference": fwd_bwd(slow, x)}, args.repeats)
+        print(
+            f"  {to_text(cell)}\n    MMs {len(fast.mm)}: node-by-node {t['reference'] * 1e3:6.1f} ms, "
+            f"fast {t['fast'] * 1e3:6.1f} ms = {t['fast'] / t['reference']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
