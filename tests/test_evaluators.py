@@ -19,7 +19,8 @@ from evonas.evaluators import Evaluator, Job, LocalEvaluator
 jobs_mod.ensure_eval_result()
 
 TESTS_DIR = str(Path(__file__).parent)
-BACKENDS = ["local", "ray"]
+# With `pytest -n N --dist loadgroup` every Ray test runs in one xdist worker, so Ray starts once.
+BACKENDS = ["local", pytest.param("ray", marks=pytest.mark.xdist_group("ray"))]
 
 
 def make_jobs(*cells: str) -> list[Job]:
