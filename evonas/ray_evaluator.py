@@ -92,6 +92,14 @@ class RayEvaluator(Evaluator):
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
             self._owns_ray = True
+        have = ray.cluster_resources()
+        for name, need in (("GPU", gpus_per_eval), ("CPU", cpus_per_eval)):
+            if need > have.get(name, 0):
+                self.close()
+                raise ConfigError(
+                    f"each evaluation asks for {need:g} {name}, but the Ray cluster has {have.get(name, 0):g}"
+                    + (" (train on CPU with --device cpu)" if name == "GPU" else "")
+                )
         self._task = ray.remote(_ray_job).options(
             num_returns="streaming", max_retries=0, num_cpus=cpus_per_eval, num_gpus=gpus_per_eval
         )

@@ -134,6 +134,15 @@ def test_error_in_on_result_propagates_and_evaluator_stays_usable(make_evaluator
     assert got["ok-3"].status == "ok"
 
 
+@pytest.mark.xdist_group("ray")
+def test_ray_refuses_resources_the_cluster_does_not_have(ray_instance):
+    from evonas.ray_evaluator import RayEvaluator
+
+    with pytest.raises(ConfigError, match="asks for 1 GPU, but the Ray cluster has 0"):
+        RayEvaluator(gpus_per_eval=1, fn=jobs_mod.scripted)
+    assert ray_instance.is_initialized()  # a Ray it did not start is left alone
+
+
 # ---------------------------------------------------------------- local pool specifics
 
 
