@@ -1,4 +1,4 @@
-# Two commands set everything up: `make run` (a short search on the embedded task) and `make test`.
+# Two commands set everything up: `make run` (a short search on the embedded synthetic task) and `make test`.
 # Each creates or updates .venv on first use (or when pyproject.toml changes) and skips the install after.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/evonas cells list
+	$(BIN)/evonas evolve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=10 $(ARGS)
