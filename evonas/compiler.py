@@ -65,6 +65,16 @@ class CompiledCell(nn.Module):
         self.layernorm = nn.ModuleList(nn.LayerNorm(operand[id(n)]) for n in nodes if n.op == "LayerNorm")
         self.plan = Plan(cell, input_size, hidden_size)
 
+    def __getstate__(self) -> dict:
+        """Copy/pickle without the plan (it holds closures); `__setstate__` rebuilds it from the cell."""
+        state = dict(super().__getstate__())
+        state.pop("plan", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.plan = Plan(self.cell, self.input_size, self.hidden_size)
+
     def extra_repr(self) -> str:
         return f"{self.text!r}, input_size={self.input_size}, hidden_size={self.hidden_size}"
 
