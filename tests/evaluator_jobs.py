@@ -58,38 +58,3 @@ def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
         return {**ok_result(job.key), "extra": lambda: None}
     return ok_result(job.key)
 
-
-def ensure_eval_result() -> None:
-    """TEMPORARY until evonas/train.py lands: a stand-in EvalResult module with the COMMON.md fields."""
-    import dataclasses
-    import importlib.util
-    import sys
-    import types
-
-    if "evonas.train" in sys.modules or importlib.util.find_spec("evonas.train") is not None:
-        return
-
-    @dataclasses.dataclass
-    class EvalResult:
-        cell: str
-        status: str
-        reason: str = ""
-        valid_loss: float | None = None
-        valid_ppl: float | None = None
-        test_loss: float | None = None
-        test_ppl: float | None = None
-        params: int = 0
-        seconds: float = 0.0
-        steps: int = 0
-        epochs: float = 0.0
-
-        def to_dict(self) -> dict:
-            return dataclasses.asdict(self)
-
-        @classmethod
-        def from_dict(cls, d: dict) -> EvalResult:
-            return cls(**d)
-
-    mod = types.ModuleType("evonas.train")
-    mod.EvalResult = EvalResult
-    sys.modules["evonas.train"] = mod

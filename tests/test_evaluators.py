@@ -16,8 +16,6 @@ import pytest
 from evonas.errors import ConfigError
 from evonas.evaluators import Evaluator, Job, LocalEvaluator
 
-jobs_mod.ensure_eval_result()
-
 TESTS_DIR = str(Path(__file__).parent)
 # With `pytest -n N --dist loadgroup` every Ray test runs in one xdist worker, so Ray starts once.
 BACKENDS = ["local", pytest.param("ray", marks=pytest.mark.xdist_group("ray"))]
@@ -203,7 +201,6 @@ def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
         import sys
         sys.path.insert(0, {TESTS_DIR!r})
         import evaluator_jobs
-        evaluator_jobs.ensure_eval_result()
         from evonas.evaluators import Job, LocalEvaluator
         if __name__ == "__main__":
             ev = LocalEvaluator(workers=1, fn=evaluator_jobs.scripted)
@@ -245,7 +242,6 @@ def test_process_exits_cleanly_without_close():
         import sys
         sys.path.insert(0, {TESTS_DIR!r})
         import evaluator_jobs
-        evaluator_jobs.ensure_eval_result()
         from evonas.evaluators import Job, LocalEvaluator
         if __name__ == "__main__":
             ev = LocalEvaluator(workers=2, fn=evaluator_jobs.scripted)

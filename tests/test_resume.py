@@ -43,7 +43,9 @@ def finish(p: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
 
 def rows(run: Path) -> list[dict]:
     """Archive rows (committed ones only), read without the evonas API."""
-    db = sqlite3.connect(f"file:{run / 'archive.sqlite'}?mode=ro", uri=True)
+    if not (run / "archive.sqlite").exists():
+        return []
+    db = sqlite3.connect(str(run / "archive.sqlite"))
     try:
         cur = db.execute("SELECT id, key, generation, status, valid_loss, params, metrics, finished_at"
                          " FROM evaluations")

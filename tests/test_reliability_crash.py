@@ -1,0 +1,173 @@
+"""Crash-resume loop: a real `evonas evolve` in a subprocess is SIGKILLed again and again, then resumed.
+
+Kills come at random moments from outside (mostly while cells train) and at fixed points from inside
+(the process SIGKILLs itself in the middle of a checkpoint write, a surrogate fit or save, right after an
+archive commit, ...; see tests/reliability_jobs.py). After every kill the archive may only have grown:
+every (canonical cell -> metrics) seen before is still there, unchanged, nothing is archived twice, no
+archived cell is trained again, and at the end the run is complete and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+HARNESS = str(TESTS / "reliability_jobs.py")
+
+try:
+    import evonas.train  # noqa: F401
+
+    HAVE_TRAIN = True
+except ImportError:
+    HAVE_TRAIN = False
+
+needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="evonas.train has not landed yet")
+
+GENERATIONS = 3
+# A tiny real search: 3 seeds + 4 initial + 3 x 3 offspring = 16 evaluations, each a few training steps.
+# The third seed blows up (h_t = MM(x) + 1000 h_{t-1} overflows, then inf - inf = NaN): a real diverged cell.
+CONFIG = f"""
+generations: {GENERATIONS}
+population: 4
+offspring: 3
+workers: 2
+device: cpu
+seed: 7
+surrogate: treelstm
+seed_cells: [tanh_rnn, gru, "Add(MM(x),Div(h_prev,Sub(h_prev,h_prev)))"]
+train: {{hidden: 8, steps: 8}}
+"""
+# Kills in order: "ext" = SIGKILL from outside after a random delay, else a kill point in the process.
+PLAN = ["archive-add:2", "ext", "surrogate-fit:1", "ext", "checkpoint-write:1", "ext", "archive-add:3",
+        "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1", "ext", "surrogate-fit:2", "ext"]
+MAX_ATTEMPTS = 40
+
+
+def snapshot(run: Path) -> dict[str, dict]:
+    """key -> metrics of the archive, read-only; asserts one row per key."""
+    path = run / "archive.sqlite"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT key, metrics FROM evaluations ORDER BY id").fetchall()
+    finally:
+        db.close()
+    keys = [k for k, _ in rows]
+    assert len(keys) == len(set(keys)), f"duplicate archive rows: {sorted(k for k in keys if keys.count(k) > 1)}"
+    return {k: json.loads(m) for k, m in rows}
+
+
+def group_gone(pgid: int, wait: float = 5.0) -> bool:
+    """True once no process of the group is left (workers exit when their parent dies)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+@needs_train
+def test_sigkill_again_and_again_loses_nothing(tmp_path):
+    seed = int(os.environ.get("EVONAS_REL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    cfg, run, journal = tmp_path / "tiny.yaml", tmp_path / "run", tmp_path / "journal.txt"
+    cfg.write_text(CONFIG)
+    env = {**os.environ, "EVONAS_REL_JOURNAL": str(journal), "PYTHONUNBUFFERED": "1"}
+    seen: dict[str, dict] = {}
+    kills: list[str] = []
+    finished = False
+    log = tmp_path / "output.txt"
+    for attempt in range(MAX_ATTEMPTS):
+        arm = PLAN[attempt] if attempt < len(PLAN) else None
+        started = (run / "config.yaml").exists()
+        args = ["resume", str(run)] if started else ["evolve", "--config", str(cfg), "--out", str(run)]
+        point_env = {"EVONAS_REL_KILL": arm} if arm not in (None, "ext") else {}
+        with open(log, "a") as out:
+            out.write(f"\n=== attempt {attempt}: {' '.join(args)} (kill {arm}) ===\n")
+            out.flush()
+            proc = subprocess.Popen([sys.executable, HARNESS, *args], env={**env, **point_env}, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                if arm == "ext":
+                    delay = rng.uniform(1.0, 8.0)
+                    try:
+                        proc.wait(delay)
+                    except subprocess.TimeoutExpired:
+                        proc.send_signal(signal.SIGKILL)
+                code = proc.wait(240)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        assert group_gone(proc.pid), "worker processes outlived the killed run"
+        output = log.read_text()
+        assert code in (0, -signal.SIGKILL), f"attempt {attempt} ({arm}) exited {code} (seed {seed}):\n{output[-3000:]}"
+        now = snapshot(run)
+        lost = {k for k in seen if k not in now}
+        changed = {k for k in seen if k in now and now[k] != seen[k]}
+        assert not lost, f"archived evaluations lost after kill {arm} (seed {seed}): {lost}"
+        assert not changed, f"archived metrics changed after kill {arm} (seed {seed}): {changed}"
+        seen = now
+        if code == 0:
+            finished = True
+            break
+        kills.append(arm)
+    assert finished, f"the run did not finish after {MAX_ATTEMPTS} attempts (seed {seed})"
+    assert len(kills) >= 10, f"only {len(kills)} kills happened: {kills} (seed {seed})"
+    assert {"archive-add:2", "surrogate-fit:1", "checkpoint-write:1", "surrogate-save:1"} <= set(kills)
+
+    # No completed evaluation was trained again: every result that reached the archive was new.
+    lines = journal.read_text().split("\n")
+    dups = [line for line in lines if line.startswith("dup ")]
+    assert not dups, f"archived cells trained again (seed {seed}): {dups}"
+
+    # The finished run is complete and consistent.
+    from evonas.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run)
+    assert state["next_gen"] == GENERATIONS + 1
+    book = [json.loads(line) for line in (run / "logbook.jsonl").read_text().splitlines()]
+    assert [e["gen"] for e in book] == list(range(GENERATIONS + 1))
+    assert sum(e["trained"] for e in book) == len(seen) == len({ln for ln in lines if ln.startswith("new ")})
+    ok = {k for k, m in seen.items() if m["status"] == "ok" and m.get("valid_loss") is not None}
+    for ind in state["population"] + state["hall_of_fame"]:
+        assert ind["key"] in ok and ind["fitness"][0] == seen[ind["key"]]["valid_loss"]
+    assert state["hall_of_fame"][0]["fitness"][0] == min(seen[k]["valid_loss"] for k in ok)
+    diverged = [m for m in seen.values() if m["status"] != "ok"]
+    assert diverged and all(m["reason"] for m in diverged)
+    best = json.loads((run / "best_cells.json").read_text())
+    assert all(e["cell"] in ok for e in best["best"])
+
+
+@needs_train
+def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):
+    """The smallest window: the run folder holds an (empty) archive and nothing else yet."""
+    cfg, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    cfg.write_text(CONFIG.replace(f"generations: {GENERATIONS}", "generations: 0").replace("treelstm", "none"))
+    env = {**os.environ, "EVONAS_REL_KILL": "archive-open:1"}
+    first = subprocess.run([sys.executable, HARNESS, "evolve", "--config", str(cfg), "--out", str(run)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGKILL
+    assert (run / "archive.sqlite").exists()
+    again = subprocess.run([sys.executable, HARNESS, "resume", str(run)], capture_output=True, text=True,
+                           timeout=120)
+    if again.returncode != 0:  # resume refused: starting it afresh must then be allowed
+        again = subprocess.run([sys.executable, HARNESS, "evolve", "--config", str(cfg), "--out", str(run)],
+                               capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(snapshot(run)) == 3 + 4
