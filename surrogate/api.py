@@ -84,6 +84,10 @@ class Surrogate:
         return report
 
     # ---- scoring -------------------------------------------------------------------------------------------
+    def clear_cache(self) -> None:
+        """Forget the cached graphs (they are rebuilt on demand)."""
+        self._graphs = GraphCache(self.model.form)
+
     def _normalised(self, cells: Sequence[str | Node]) -> tuple[np.ndarray, np.ndarray]:
         graphs = self._graphs.many(cells)
         means, spreads = [], []
