@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from evonas.errors import ConfigError
 
 if TYPE_CHECKING:
-    from evonas.train import EvalResult
+    from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
 
 OnResult = Callable[["Job", "EvalResult"], None]
 JobFn = Callable[["Job"], "EvalResult"]
@@ -84,7 +84,7 @@ def train_job(job: Job) -> EvalResult:
 
 def failed_result(job: Job, reason: str, seconds: float = 0.0) -> EvalResult:
     """The EvalResult recorded for a job that could not be evaluated."""
-    from evonas.train import EvalResult
+    from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
 
     return EvalResult(cell=job.key, status="failed", reason=reason, seconds=float(seconds))
 
@@ -138,7 +138,7 @@ def call_job(fn: JobFn, job: Job) -> tuple:
 
 def result_from_message(job: Job, msg: tuple) -> EvalResult:
     """Turn a worker's ("result", dict) / ("failed", reason, seconds) message into an EvalResult."""
-    from evonas.train import EvalResult
+    from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
 
     if msg[0] == "failed":
         return failed_result(job, msg[1], msg[2])

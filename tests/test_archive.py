@@ -16,7 +16,7 @@ import pytest
 from evonas.archive import ARCHIVE_NAME, COLUMNS, Archive
 from evonas.errors import CheckpointError
 from evonas.evaluators import Job, failed_result
-from evonas.train import EvalResult
+from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
 
 CONFIG = {"task": "synthetic", "seed": 0, "steps": 20, "hidden": 16}
 
@@ -86,7 +86,7 @@ def test_rows_survive_a_killed_writer_and_reopen(tmp_path):
         import evaluator_jobs
         from evonas.archive import Archive
         from evonas.evaluators import Job
-        from evonas.train import EvalResult
+        from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
         a = Archive({str(tmp_path)!r})
         for k in ("A", "B", "C"):
             a.add(Job(k, k, {{"task": "synthetic"}}), EvalResult.from_dict(evaluator_jobs.ok_result(k)))
@@ -155,3 +155,9 @@ def test_export_csv(tmp_path):
     with Archive(tmp_path, create=False) as a:
         assert a.export_csv(buf) == 2
     assert buf.getvalue() == (tmp_path / "out.csv").read_bytes().decode()
+
+
+def test_the_light_eval_result_is_the_agreed_one():
+    from evonas import train
+
+    assert train.EvalResult is EvalResult
