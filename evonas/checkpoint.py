@@ -2,10 +2,10 @@
 
 Contract:
 - `save_checkpoint(run_dir, state)` writes `run_dir/checkpoint.json` as {"format_version": 1, **state}:
-  temporary file in the same folder, flush + fsync, the current good checkpoint renamed to
-  `checkpoint.prev.json`, the temporary file renamed over `checkpoint.json`, folder fsynced. A crash at any
-  moment leaves a readable checkpoint (the new one, or the previous one). A garbled current file is not
-  rotated into `.prev` (the good previous one is kept).
+  temporary file in the same folder, flush + fsync, the current good checkpoint hard-linked (or copied) to
+  `checkpoint.prev.json`, the temporary file renamed over `checkpoint.json`, folder fsynced. At every moment
+  `checkpoint.json` is a complete checkpoint (the new one or the one before). A garbled current file is not
+  kept as `.prev` (the good previous one stays).
 - `load_checkpoint(run_dir)` returns the state dict (with "format_version"). A missing, truncated or
   garbled `checkpoint.json` gives a warning naming the file and the previous one is used; both bad (or none
   there) raises CheckpointError naming the files. A checkpoint of another format version raises
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import warnings
@@ -77,6 +78,28 @@ def _check_version(path: Path, state: dict) -> dict:
     return state
 
 
+def _is_good(path: Path) -> bool:
+    """Whether `path` holds a readable checkpoint of this format version (a bad one is not worth keeping)."""
+    try:
+        _check_version(path, _read(path))
+    except CheckpointError:
+        return False
+    return True
+
+
+def _keep_as_previous(current: Path, previous: Path) -> None:
+    """Make `previous` a copy of `current` while `current` stays in place (a hard link where possible)."""
+    staged = current.parent / ".checkpoint.prev.tmp"
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(current, staged)
+    except OSError:  # no hard links on this filesystem: copy
+        shutil.copyfile(current, staged)
+        with open(staged, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(staged, previous)
+
+
 def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
     """Write the run state atomically as `run_dir/checkpoint.json`, keeping the previous one."""
     run_dir = Path(run_dir)
@@ -93,12 +116,8 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if current.exists():
-            try:
-                _check_version(current, _read(current))
-                os.replace(current, previous)
-            except CheckpointError:
-                pass  # a bad current file is overwritten, the good previous one stays
+        if _is_good(current):
+            _keep_as_previous(current, previous)
         os.replace(tmp, current)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
