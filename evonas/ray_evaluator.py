@@ -124,7 +124,8 @@ class RayEvaluator(Evaluator):
                     except StopIteration:
                         msg = ("failed", "task ended without a result", 0.0)
                     except ray.exceptions.RayError as exc:
-                        msg = ("failed", _ray_error_reason(exc), time.time() - (started or time.time()))
+                        ran = time.monotonic() - started if started is not None else 0.0
+                        msg = ("failed", _ray_error_reason(exc), ran)
                     if msg[0] == "started":
                         inflight[gen][1] = time.monotonic()
                         continue
