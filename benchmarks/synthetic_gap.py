@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from evonas.tasks.synthetic import DEFAULTS
 from evonas.train import TrainConfig, evaluate
 
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average at start: {f.read().split()[:3]}; torch threads {args.threads}")
     for seed in range(args.seeds):
         for cell in cells:
-            cfg = TrainConfig(task="synthetic", seed=seed, device="cpu", steps=args.steps, seconds=args.seconds)
+            cfg = TrainConfig(task="synthetic", seed=seed, device="cpu", steps=args.steps or DEFAULTS["steps"],
+                              seconds=args.seconds or DEFAULTS["seconds"])
             t = time.perf_counter()
             r = evaluate(cell, cfg)
             loss = r.valid_loss if r.valid_loss is not None else float("nan")

@@ -96,3 +96,22 @@ def count_params(model: nn.Module) -> int:
     """Number of trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+
+
+def hidden_for_params(cell: Node | str, input_kind: str, n_inputs: int, n_outputs: int, target: int,
+                      layers: int = 1, tie: bool = False, low: int = 1, high: int = 4096) -> tuple[int, int]:
+    """The hidden size whose model has the parameter count closest to `target`, and that count.
+
+    Used to compare cells at equal parameters (parameters grow monotonically with the hidden size).
+    """
+    def params(h: int) -> int:
+        return count_params(CellModel(cell, input_kind, n_inputs, n_outputs, h, layers, tie))
+
+    while low < high:
+        mid = (low + high) // 2
+        if params(mid) < target:
+            low = mid + 1
+        else:
+            high = mid
+    best = min({max(low - 1, 1), low}, key=lambda h: abs(params(h) - target))
+    return best, params(best)
