@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/evonas evolve $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --durations=10 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
