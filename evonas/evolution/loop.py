@@ -64,7 +64,8 @@ def make_evaluator(cfg: RunConfig) -> Evaluator:
         devices = [cfg.device] if ":" in cfg.device or n == 0 else [f"cuda:{i}" for i in range(n)]
     elif cfg.device == "cpu":
         devices = ["cpu"]
-    return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices)
+    return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices,
+                          threads=cfg.train.get("threads"))
 
 
 class Search:
