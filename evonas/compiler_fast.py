@@ -6,7 +6,9 @@ What makes it fast (DESIGN.md "Compiled cells"):
   steps at once, outside the time loop; MMs reading the same such operand are one matrix product;
 - per step, all MMs reading the same operand are one `addmm` with their weights concatenated; an
   `Add(static, MM(dynamic))` is folded into that `addmm` as its additive term, so the LSTM's step is
-  one `addmm` plus its pointwise operators, as in PyTorch's own LSTM.
+  one `addmm` plus its pointwise operators, as in PyTorch's own LSTM;
+- the weight gradient of those per-step products is one product over all steps (`weight_gradient_tap`),
+  instead of a thin product per step plus the sum of T full-size matrices.
 The weights are concatenated from `module.mm` inside each forward, so gradients reach the contract's
 parameters. The plan itself holds no tensors.
 """
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from evonas.cells import Node
 from evonas.cells.ops import INPUT_SOURCES
-from evonas.compiler_ops import ELEMENTWISE, position_encoding, recurrent_addmm, recurrent_weight
+from evonas.compiler_ops import ELEMENTWISE, position_encoding, weight_gradient_tap
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
 Slots = list  # the per-forward value table: slot index -> tensor
@@ -126,6 +128,7 @@ class Plan:
         self.instructions: list[Callable[[Slots], None]] = []
         self.feeds: list[tuple[int, str, int]] = []  # (slot, kind, id): per-step inputs from static tensors
         self.consts: list[tuple[int, str, int]] = []  # (slot, kind, id): per-forward tensors (weights)
+        self.group_slots: list[tuple[int, int]] = []  # (operand, first of 3 slots: term, weight.T, operands)
         self.n_slots = 0
         self.h_slot = self._new_slot()
         self.c_slot = self._new_slot()
@@ -181,36 +184,29 @@ class Plan:
         return group.operand
 
     def _emit_group(self, g: Group) -> None:
+        """One addmm per step for all MMs reading `g.operand`: slots term (per step), weight.T and store."""
         a = self._emit(g.operand)
         k, hidden = len(g.members), self.hidden
-        w = self._const("group_weight", g.operand)  # two slots: the weight and its step store
-        self._new_slot()
+        term = self._new_slot(3)
+        w, store = term + 1, term + 2
+        self.group_slots.append((g.operand, term))
         out = self._new_slot(k)
         for i, (m, add) in enumerate(zip(g.members, g.adds, strict=True)):
             self.slot_of[add if add is not None else m] = out + i
-        if any(f is not None for f in g.fold):
-            term = self._new_slot()
-            self.feeds.append((term, "group_term", g.operand))
-        else:
-            term = self._const("group_bias", g.operand)
         addmm = torch.addmm
         if k == 1:
 
             def run(s: Slots) -> None:
-                store = s[w + 1]
-                if store is None:  # no autograd: s[w] holds the transposed weight
-                    s[out] = addmm(s[term], s[a], s[w])
-                else:
-                    s[out] = recurrent_addmm(s[term], s[a], s[w], store)
+                operand = s[a]
+                s[store].append(operand)
+                s[out] = addmm(s[term], operand, s[w])
 
         else:
 
             def run(s: Slots) -> None:
-                store = s[w + 1]
-                if store is None:
-                    s[out : out + k] = addmm(s[term], s[a], s[w]).split(hidden, 1)
-                else:
-                    s[out : out + k] = recurrent_addmm(s[term], s[a], s[w], store).split(hidden, 1)
+                operand = s[a]
+                s[store].append(operand)
+                s[out : out + k] = addmm(s[term], operand, s[w]).split(hidden, 1)
 
         self.instructions.append(run)
 
@@ -327,37 +323,31 @@ def fast_forward(
         if operand in plan.paired:
             sg = plan.paired[operand]
             return mm_product(sg.operand, sg.members, extra_bias=g.members)
+        bias = _cat([biases[values[m].param] for m in g.members])
+        if all(f is None for f in g.fold):
+            return bias.expand(steps, batch, bias.shape[0])
         zeros = x.new_zeros(steps, batch, hidden)
-        blocks = [static(f) if f is not None else zeros for f in g.fold]
-        bias = torch.cat([biases[values[m].param] for m in g.members])
-        return torch.cat(blocks, -1) + bias
+        return torch.cat([static(f) if f is not None else zeros for f in g.fold], -1) + bias
 
     slots: list = [None] * plan.n_slots
     for slot, kind, ident in plan.consts:
-        if kind == "group_weight":
-            members = plan.dynamic_groups[ident].members
-            weight = _cat([weights[values[m].param] for m in members])
-            if torch.is_grad_enabled():  # per-step products, one weight-gradient product over all steps
-                slots[slot], slots[slot + 1] = recurrent_weight(weight)
-            else:
-                slots[slot], slots[slot + 1] = weight.t(), None
-        elif kind == "group_bias":
-            bs = [biases[values[m].param] for m in plan.dynamic_groups[ident].members]
-            slots[slot] = _cat(bs)
-        elif kind == "diag":
+        if kind == "diag":
             slots[slot] = module.diag[ident]
         else:  # layernorm: weight and bias in two slots
             ln = module.layernorm[ident]
             slots[slot], slots[slot + 1] = ln.weight, ln.bias
     feeds: list[tuple[int, tuple[Tensor, ...]]] = []
     for slot, kind, ident in plan.feeds:
-        if kind == "static":
-            seq = static(ident)
-        elif kind == "group_term":
-            seq = group_term(ident)
-        else:
-            seq = posenc(ident)
-        feeds.append((slot, seq.unbind(0)))
+        feeds.append((slot, (static(ident) if kind == "static" else posenc(ident)).unbind(0)))
+    for operand, term_slot in plan.group_slots:
+        weight = _cat([weights[values[m].param] for m in plan.dynamic_groups[operand].members])
+        term = group_term(operand)
+        operands: list[Tensor] = []  # filled by the steps
+        if torch.is_grad_enabled() and weight.requires_grad:
+            term = weight_gradient_tap(term, weight, operands)
+            weight = weight.detach()  # the steps compute no weight gradient of their own
+        slots[term_slot + 1], slots[term_slot + 2] = weight.t(), operands
+        feeds.append((term_slot, term.unbind(0)))
     memory_seq = None
     if plan.memory is not None and values[plan.memory].static:
         memory_seq = static(plan.memory).unbind(0)

@@ -65,67 +65,27 @@ def position_encoding(steps: int, size: int, dtype: torch.dtype, device: torch.d
     return pe.to(dtype)
 
 
-class StepStore:
-    """Operands and output gradients of one recurrent product, per step, for the deferred weight gradient."""
-
-    def __init__(self) -> None:
-        self.operands: list[Tensor] = []
-        self.grads: dict[int, Tensor] = {}
-
-
-class DeferredWeight(torch.autograd.Function):
-    """Identity on a weight matrix whose gradient is computed once for all steps, as one matrix product.
-
-    Per step, `RecurrentAddmm` records its operand and output gradient instead of producing a weight
-    gradient (a thin product per step, plus summing T full-size matrices); this node runs after all of
-    them in the backward pass and returns `sum_t g_t^T a_t` as a single product over T*B rows.
+class WeightGradientTap(torch.autograd.Function):
+    """Identity on the additive term `S[T, B, k*H]` of a recurrent product `S[t] + a_t @ W.T`, whose
+    backward also returns W's gradient for all steps at once: `sum_t G_t^T a_t` as one product over T*B
+    rows (G = the gradient of S, which is also the gradient of each step's output). The steps then use
+    `W.detach()`, so autograd computes no thin per-step weight products and sums no T full-size matrices.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, store: StepStore) -> Tensor:  # type: ignore[override]
-        ctx.store = store
-        return weight.view_as(weight)
+    def forward(ctx, term: Tensor, weight: Tensor, operands: list[Tensor]) -> Tensor:  # type: ignore[override]
+        ctx.operands = operands  # a_0 .. a_{T-1}, appended by the steps after this call
+        return term.view_as(term)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
-        store: StepStore = ctx.store
-        if not store.grads:
-            return None, None
-        steps = sorted(store.grads)
-        grads = torch.cat([store.grads[t] for t in steps])
-        operands = torch.cat([store.operands[t] for t in steps])
-        store.grads.clear()
-        return grads.t().mm(operands), None
-
-
-class RecurrentAddmm(torch.autograd.Function):
-    """`term + a @ weight.T` for one step; its weight gradient is left to `DeferredWeight`."""
-
-    @staticmethod
-    def forward(ctx, term: Tensor, a: Tensor, weight: Tensor, store: StepStore) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(weight)
-        ctx.store, ctx.step, ctx.term_dim = store, len(store.operands), term.dim()
-        store.operands.append(a)
-        return torch.addmm(term, a, weight.t())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        (weight,) = ctx.saved_tensors
-        ctx.store.grads[ctx.step] = grad
-        grad_term = grad_a = None
-        if ctx.needs_input_grad[0]:
-            grad_term = grad if ctx.term_dim == 2 else grad.sum(0)
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+        grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_a = grad.mm(weight)
-        return grad_term, grad_a, None, None
+            operands = torch.cat(ctx.operands)
+            grad_weight = grad.reshape(operands.shape[0], grad.shape[-1]).t().mm(operands)
+        return grad, grad_weight, None
 
 
-def recurrent_weight(weight: Tensor) -> tuple[Tensor, StepStore]:
-    """The weight to pass to `RecurrentAddmm` in every step of one forward, and their shared store."""
-    store = StepStore()
-    return DeferredWeight.apply(weight, store), store
-
-
-def recurrent_addmm(term: Tensor, a: Tensor, weight: Tensor, store: StepStore) -> Tensor:
-    """`term + a @ weight.T` (one step of a recurrent product; see `DeferredWeight`)."""
-    return RecurrentAddmm.apply(term, a, weight, store)
+def weight_gradient_tap(term: Tensor, weight: Tensor, operands: list[Tensor]) -> Tensor:
+    """`term`, unchanged, with W's gradient attached (see `WeightGradientTap`); fill `operands` per step."""
+    return WeightGradientTap.apply(term, weight, operands)
