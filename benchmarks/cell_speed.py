@@ -1,7 +1,8 @@
 """Forward+backward speed of compiled cells, measured side by side in one process (median of repeats).
 
-1. The library LSTM compiled by evonas against torch.nn.LSTM (fused C++ kernel) at (T=35, B=20, I=H=200)
-   and (T=35, B=64, I=H=650). Targets on a 2-core CPU: <= 2.0x and <= 1.3x.
+1. The library LSTM compiled by evonas against torch.nn.LSTM (fused oneDNN kernel on CPU) at
+   (T=35, B=20, I=H=200) and (T=35, B=64, I=H=650). Targets on a 2-core CPU: <= 2.0x and <= 1.3x.
+   The PyTorch-form GRU against torch.nn.GRU likewise (for information).
 2. Three random well-formed cells (passing the search filters, extended operators): the fast evaluator
    against the plain node-by-node one (`fast=False`).
 
@@ -30,6 +31,9 @@ from evonas.errors import CellError
 LSTM = (
     "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Memory(Add(Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev),"
     "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Add(MM(x),MM(h_prev))))))))"
+)
+GRU_PYTORCH = (
+    "Gate3(h_prev,Tanh(Add(MM(x),Mult(Sigmoid(Add(MM(x),MM(h_prev))),MM(h_prev)))),Sigmoid(Add(MM(x),MM(h_prev))))"
 )
 
 
@@ -105,29 +109,25 @@ def main() -> None:
         f"median of {args.repeats} repeats; load average {load} on {os.cpu_count()} cores"
     )
 
-    print("\ncompiled LSTM vs torch.nn.LSTM, forward+backward")
-    for steps, batch, size in [(35, 20, 200), (35, 64, 650)]:
-        x = torch.randn(steps, batch, size)
-        lstm = nn.LSTM(size, size)
-        cell = compile_cell(LSTM, size, size)
-        ref = compile_cell(LSTM, size, size)
-        ref.fast = False
-        t = compare(
-            {"nn.LSTM": fwd_bwd(lstm, x), "compiled": fwd_bwd(cell, x), "node-by-node": fwd_bwd(ref, x)},
-            args.repeats,
-        )
-        print(
-            f"  T={steps} B={batch} I=H={size}: nn.LSTM {t['nn.LSTM'] * 1e3:7.1f} ms, "
-            f"compiled {t['compiled'] * 1e3:7.1f} ms = {t['compiled'] / t['nn.LSTM']:.2f}x, "
-            f"node-by-node {t['node-by-node'] * 1e3:7.1f} ms = {t['node-by-node'] / t['nn.LSTM']:.2f}x"
-        )
+    for name, text, torch_rnn in [("LSTM", LSTM, nn.LSTM), ("GRU", GRU_PYTORCH, nn.GRU)]:
+        print(f"\ncompiled library {name} vs torch.nn.{name}, forward+backward")
+        for steps, batch, size in [(35, 20, 200), (35, 64, 650)]:
+            x = torch.randn(steps, batch, size)
+            rnn = torch_rnn(size, size)
+            cell = compile_cell(text, size, size)
+            ref = compile_cell(text, size, size, fast=False)
+            t = compare({"torch": fwd_bwd(rnn, x), "compiled": fwd_bwd(cell, x), "ref": fwd_bwd(ref, x)}, args.repeats)
+            print(
+                f"  T={steps} B={batch} I=H={size}: nn.{name} {t['torch'] * 1e3:7.1f} ms, "
+                f"compiled {t['compiled'] * 1e3:7.1f} ms = {t['compiled'] / t['torch']:.2f}x, "
+                f"node-by-node {t['ref'] * 1e3:7.1f} ms = {t['ref'] / t['torch']:.2f}x"
+            )
 
     print("\nrandom cells (extended operators, search filters on): fast vs node-by-node, T=35 B=20 I=H=200")
     x = torch.randn(35, 20, 200)
     for cell in random_cells(args.seed, 3):
         fast = compile_cell(cell, 200, 200)
-        slow = compile_cell(cell, 200, 200)
-        slow.fast = False
+        slow = compile_cell(cell, 200, 200, fast=False)
         t = compare({"fast": fwd_bwd(fast, x), "reference": fwd_bwd(slow, x)}, args.repeats)
         print(
             f"  {to_text(cell)}\n    {len(fast.mm)} MMs, {len(fast.plan.instructions)} step instructions: "

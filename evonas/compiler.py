@@ -3,6 +3,11 @@
 Contract: `module.cell` is the canonical cell; `module.mm` holds one `nn.Linear` per `MM` in pre-order of
 `module.cell`, `module.diag` one vector per `Diag` and `module.layernorm` one `nn.LayerNorm` per `LayerNorm`,
 likewise in pre-order. `forward(x[T, B, I], state=None) -> (h[T, B, H], (h_T, c_T or None))`.
+Within one call steps are numbered t = 0, 1, ...: `x_prev` is zeros and `PosEnc` adds P_0 at t = 0, so a
+sequence run in chunks with carried state equals the whole run only for cells without `x_prev`/`PosEnc`.
+
+`forward` runs the fast plan of `evonas.compiler_fast` (grouped, hoisted MMs); `reference_forward` is the
+plain node-by-node evaluator that the tests and `benchmarks/cell_speed.py` compare it against.
 """
 
 from __future__ import annotations
@@ -151,10 +156,14 @@ def reference_forward(module: CompiledCell, x: Tensor, state: State | None = Non
     return torch.stack(outs), (h, c)
 
 
-def compile_cell(cell: Node | str, input_size: int, hidden_size: int) -> CompiledCell:
-    """Check and canonicalise a cell, then build its module (fresh weights, PyTorch default init)."""
+def compile_cell(cell: Node | str, input_size: int, hidden_size: int, fast: bool = True) -> CompiledCell:
+    """Check and canonicalise a cell, then build its module (fresh weights, PyTorch default init).
+
+    `fast=False` runs the plain node-by-node evaluator (the correctness reference); both compute the same
+    function with the same parameters, and `module.fast` can be switched at any time.
+    """
     if input_size < 1 or hidden_size < 1:
         raise CellError(f"sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
     node = parse(cell) if isinstance(cell, str) else cell
     node = canonical(check(node, input_size, hidden_size))
-    return CompiledCell(node, input_size, hidden_size)
+    return CompiledCell(node, input_size, hidden_size, fast=fast)
