@@ -86,6 +86,7 @@ class Search:
         self.screen = screen
         self._evaluator, self._owns_evaluator = evaluator, evaluator is None
         self.stdout, self.stderr = stdout, stderr
+        write_config(self.dir, config.to_dict())  # first, so that a run killed at any point can be resumed
         self.archive = Archive(self.dir)
         self.population: list = []
         self.hof = HallOfFame(config.hof_size)
@@ -164,7 +165,6 @@ class Search:
 
     def run(self) -> dict:
         """Run (or continue) the search to the last generation; returns the best-cells summary."""
-        write_config(self.dir, self.cfg.to_dict())
         rows = self.archive.rows()
         best = min((r["valid_loss"] for r in rows if r["status"] == "ok" and r["valid_loss"] is not None),
                    default=None)
