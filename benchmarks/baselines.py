@@ -1,0 +1,157 @@
+"""Our own "Search Space Odyssey" table: every library cell on one task at an equal parameter count and an
+equal training budget, several seeds, mean ± spread, ranked.
+
+Equal size: the target is the LSTM's parameter count at the task's default hidden size (or --hidden); each
+cell gets the hidden size whose full model (built exactly as training builds it) has the parameter count
+closest to the target, found by binary search; a cell that cannot get within --tolerance (5%) is flagged.
+Equal budget: the same TrainConfig (steps/epochs, optimiser, ...) and the same seeds for every cell.
+
+Example (what fits a shared 2-core machine; state the budget with the table):
+  .venv/bin/python benchmarks/baselines.py --task music --epochs 1 --seeds 3 --out /work/notes/baselines_jsb.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from evonas.cells import Node, canonical_text, to_text
+from evonas.evaluators import Job, LocalEvaluator
+from evonas.model import CellModel, count_params
+from evonas.tasks import get_task
+from evonas.train import TrainConfig, settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSB = REPO.parent / "shared" / "data" / "jsb_chorales" / "jsb-chorales-quarter.json"
+
+
+def param_count(cell: Node, config: TrainConfig, hidden: int) -> int:
+    """Trainable parameters of the model `evaluate` would build for this cell at this hidden size."""
+    task = get_task(config.task, config.data, config.level)
+    s = settings(config, task)
+    model = CellModel(cell, task.input_kind, task.n_inputs, task.n_outputs, hidden, config.layers, s.tie)
+    return count_params(model)
+
+
+def default_hidden(config: TrainConfig) -> int:
+    """The hidden size training uses when the config does not set one."""
+    return settings(config, get_task(config.task, config.data, config.level)).hidden
+
+
+def match_hidden(cell: Node, config: TrainConfig, target: int, max_hidden: int = 4096) -> tuple[int, int]:
+    """(hidden, params): the hidden size whose model's parameter count is closest to `target` (binary search)."""
+    lo, hi = 1, max_hidden
+    while lo < hi:  # smallest hidden with params >= target (params grow with hidden)
+        mid = (lo + hi) // 2
+        if param_count(cell, config, mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = min({max(1, lo - 1), lo}, key=lambda h: (abs(param_count(cell, config, h) - target), h))
+    return best, param_count(cell, config, best)
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for fewer than two values)."""
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def train_many(jobs: list[Job], workers: int, timeout: float | None) -> dict[tuple[str, int], dict]:
+    """Train every job with the local evaluator; results keyed by (job key, seed)."""
+    out: dict[tuple[str, int], dict] = {}
+
+    def on_result(job: Job, result) -> None:
+        out[(job.key, job.config["seed"])] = result.to_dict()
+        r = out[(job.key, job.config["seed"])]
+        print(f"  {job.key[:50]:<50} seed {job.config['seed']}: {r['status']} {r['valid_loss']} "
+              f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    with LocalEvaluator(workers=workers, timeout=timeout, devices=["cpu"], threads=1) as ev:
+        ev.run(jobs, on_result)
+    return out
+
+
+def base_config(args: argparse.Namespace) -> dict:
+    """The shared TrainConfig dict (without hidden and seed)."""
+    d: dict = {"task": args.task, "data": args.data if args.task != "synthetic" else None, "device": "cpu"}
+    for k in ("epochs", "steps", "seconds"):
+        if getattr(args, k):
+            d[k] = getattr(args, k)
+    return d
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Match sizes, train every library cell with every seed, print and save the ranked markdown table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="music", choices=["synthetic", "music", "text"])
+    p.add_argument("--data", default=str(DEFAULT_JSB), help="data path (default: JSB Chorales in ../shared/data)")
+    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size that fixes the target (0: task default)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--cells", default="", help="comma list of library names (default: the whole library)")
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--out", default="", help="also write the markdown table to this file")
+    args = p.parse_args(argv)
+    from evonas.cells.library import library
+
+    lib = library()
+    names = [n for n in args.cells.split(",") if n] or list(lib)
+    base = base_config(args)
+    cfg0 = TrainConfig.from_dict(base)
+    lstm_hidden = args.hidden or default_hidden(cfg0)
+    target = param_count(lib["lstm"].cell, cfg0, lstm_hidden)
+    sizes = {n: match_hidden(lib[n].cell, cfg0, target) for n in names}
+    jobs = []
+    for n in names:
+        key = canonical_text(lib[n].cell)
+        for seed in range(args.seeds):
+            conf = TrainConfig.from_dict({**base, "hidden": sizes[n][0], "seed": seed}).to_dict()
+            jobs.append(Job(key=key, cell=to_text(lib[n].cell), config=conf))
+    t0 = time.monotonic()
+    res = train_many(jobs, args.workers, args.timeout)
+    wall = time.monotonic() - t0
+    rows = []
+    for n in names:
+        key = canonical_text(lib[n].cell)
+        rs = [res[(key, s)] for s in range(args.seeds)]
+        ok = [r["valid_loss"] for r in rs if r["status"] == "ok" and r["valid_loss"] is not None]
+        m, sd = mean_sd(ok) if ok else (math.inf, 0.0)
+        rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], "mean": m, "sd": sd, "losses": ok,
+                     "failed": len(rs) - len(ok), "seconds": statistics.fmean(r["seconds"] for r in rs),
+                     "reasons": sorted({r["reason"] for r in rs if r["status"] != "ok"})})
+    rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
+    budget = ", ".join(f"{k} {v}" for k, v in base.items() if k in ("epochs", "steps", "seconds")) or "task default"
+    lines = [f"Library cells on `{args.task}`"
+             f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget} per run, "
+             f"{args.seeds} seeds (0..{args.seeds - 1}), parameters matched to the LSTM at hidden {lstm_hidden} "
+             f"({target:,} parameters, tolerance {args.tolerance:.0%}). Validation loss (nats per token; per time "
+             f"step for music), mean ± sample sd over seeds. Wall time {wall / 60:.0f} min on a shared 2-core CPU.", "",
+             "| rank | cell | hidden | params (vs LSTM) | valid loss mean ± sd | min..max | failed | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        dev = (r["params"] - target) / target
+        flag = "" if abs(dev) <= args.tolerance else " **outside tolerance**"
+        loss = f"{r['mean']:.4f} ± {r['sd']:.4f}" if r["losses"] else "–"
+        rng = f"{min(r['losses']):.4f}..{max(r['losses']):.4f}" if r["losses"] else "–"
+        fail = f"{r['failed']}" + (f" ({'; '.join(r['reasons'])[:80]})" if r["failed"] else "")
+        lines.append(f"| {i} | {r['name']} | {r['hidden']} | {r['params']:,} ({dev:+.1%}){flag} | {loss} | {rng} | "
+                     f"{fail} | {r['seconds']:.0f} |")
+    lines += ["", f"Command: `{' '.join(sys.argv)}`"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
