@@ -6,7 +6,7 @@ model, the realistic case for new offspring) and again with the cache filled ("w
 seconds per epoch on --train-cells cells (batch 64, no early stopping). Run on an otherwise idle machine for
 meaningful numbers; the load average is printed alongside.
 
-    .venv/bin/python benchmarks/surrogate_speed.py --cells 20000 --repeats 3 --train-cells 1000
+    .venv/bin/python benchmarks/surrogate_speed.py --cells 20000 --repeats 3 --train-cells 1000 --hidden 64,32
 """
 
 from __future__ import annotations
@@ -84,14 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-cells", type=int, default=1000)
     ap.add_argument("--kinds", default="treelstm,gnn")
+    ap.add_argument("--hidden", default="64,32", help="hidden sizes to measure (comma-separated)")
     args = ap.parse_args(argv)
     texts = distinct_cells(args.cells, seed=7)
     print(f"{len(texts)} distinct cells; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     train_texts = texts[: args.train_cells]
     records = [{"cell": c, "score": float(len(c) % 17), "status": "ok"} for c in train_texts]
-    for kind in [k for k in args.kinds.split(",") if k]:
+    runs = [(k, int(h)) for k in args.kinds.split(",") if k for h in args.hidden.split(",") if h]
+    for kind, hidden in runs:
         torch.set_num_threads(2)
-        s = Surrogate(kind, seed=0, fit_config=FitConfig(valid_fraction=0.0))
+        s = Surrogate(kind, seed=0, sizes={"hidden": hidden, "head": hidden}, fit_config=FitConfig(valid_fraction=0.0))
         cold, warm = throughput_one(s, texts, args.repeats)
         with tempfile.TemporaryDirectory() as tmp:
             s.save(tmp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from evonas.surrogate.graph import N_SLOTS, N_STEPS, VOCAB, GraphBatch
 from evonas.surrogate.model import Ranker, register
 from torch import nn
@@ -66,32 +67,31 @@ class TreeLSTMRanker(Ranker):
         sizes = batch.level_sizes
         b = batch.batch_size
         gid = batch.graph_id
-        pool = table.new_zeros(b, hid)
-        h_below = c_below = uf_below = table.new_zeros(1, hid)
+        hs: list[torch.Tensor] = []
+        below = table.new_zeros(1, 3 * hid)  # [h | c | U_f h] of the level below, plus a zero padding row
         start = 0
         for d in range(len(sizes) - 1, -1, -1):
             n = sizes[d]
             x = table[fid[start:start + n]]
             iou = x[:, : 3 * hid]
-            idx = batch.levels[d]  # [n, k] children in the level below, padded with a zero row
+            idx = batch.levels[d]  # [n, k] children in the level below, padded with the zero row
             fc = None
             if idx.shape[1]:
-                hc = h_below[idx]
-                f = torch.sigmoid(x[:, None, 3 * hid:] + uf_below[idx])
-                fc = (f * c_below[idx]).sum(1)
+                hc, cc, ufc = below[idx].split(hid, dim=2)
+                f = torch.sigmoid(x[:, None, 3 * hid:] + ufc)
+                fc = (f * cc).sum(1)
                 iou = iou + self.u_iou(hc.sum(1))
-            i, o, u = iou.chunk(3, dim=1)
-            c = torch.sigmoid(i) * torch.tanh(u)
+            gates = torch.sigmoid(iou[:, : 2 * hid])
+            c = gates[:, :hid] * torch.tanh(iou[:, 2 * hid:])
             if fc is not None:
                 c = c + fc
-            h = torch.sigmoid(o) * torch.tanh(c)
-            pool = pool.index_add(0, gid[start:start + n], h)
+            h = gates[:, hid:] * torch.tanh(c)
+            hs.append(h)
             if d:
-                zero = h.new_zeros(1, hid)
-                h_below, c_below = torch.cat([h, zero]), torch.cat([c, zero])
-                uf_below = torch.cat([self.u_f(h), zero])
+                below = F.pad(torch.cat([h, c, self.u_f(h)], dim=1), (0, 0, 0, 1))
             start += n
         counts = torch.bincount(gid, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)
+        pool = h.new_zeros(b, hid).index_add(0, gid, torch.cat(hs))
         return h, pool / counts  # roots (the last level, in batch order) and mean node state
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
