@@ -56,14 +56,17 @@ def make_evaluator(cfg: RunConfig) -> Evaluator:
         return RayEvaluator(address=cfg.ray_address, timeout=cfg.eval_timeout, gpus_per_eval=gpus)
     from evonas.evaluators import LocalEvaluator
 
-    devices = None
-    if cfg.device.startswith("cuda"):
+    devices = None  # auto on a machine without GPUs: workers inherit the environment
+    if cfg.device == "cpu" or ":" in cfg.device:
+        devices = [cfg.device]
+    elif cfg.device in ("cuda", "auto"):
         import torch
 
-        n = torch.cuda.device_count()
-        devices = [cfg.device] if ":" in cfg.device or n == 0 else [f"cuda:{i}" for i in range(n)]
-    elif cfg.device == "cpu":
-        devices = ["cpu"]
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n:  # one device per worker, round robin over the GPUs
+            devices = [f"cuda:{i}" for i in range(n)]
+        elif cfg.device == "cuda":
+            devices = ["cuda"]  # no GPU visible: each evaluation fails with the training code's message
     return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices,
                           threads=cfg.train.get("threads"))
 
