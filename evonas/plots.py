@@ -86,14 +86,19 @@ def prediction_plot(pairs: dict[int, list[Pair]], taus: dict[int, float | None])
     if tg:
         ax2.plot(tg, [taus[g] for g in tg], marker="o", color="#9c1f4e")
         ax2.axhline(0, color="grey", lw=1)
+        ax2.set_xlim(min(tg) - 0.5, max(tg) + 0.5)
+        if len(tg) <= 15:
+            ax2.set_xticks(tg)
+        else:
+            ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax2.text(0.5, 0.5, "no Kendall tau recorded", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_ylim(-1.05, 1.05)
     ax2.set_xlabel("generation")
     ax2.set_ylabel("Kendall tau")
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_title("Screen quality per generation")
     ax2.grid(alpha=0.3)
+    fig.tight_layout()
     return to_png(fig)
 
 
