@@ -24,7 +24,7 @@ from torch import Tensor
 
 from evonas.cells import Node
 from evonas.cells.ops import INPUT_SOURCES
-from evonas.compiler_ops import ELEMENTWISE, position_encoding, weight_gradient_tap
+from evonas.compiler_ops import ELEMENTWISE, finish_operands, position_encoding, weight_gradient_tap
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
 Slots = list  # the per-forward value table: slot index -> tensor
@@ -339,6 +339,7 @@ def fast_forward(
     feeds: list[tuple[int, tuple[Tensor, ...]]] = []
     for slot, kind, ident in plan.feeds:
         feeds.append((slot, (static(ident) if kind == "static" else posenc(ident)).unbind(0)))
+    tapped: list[list[Tensor]] = []
     for operand, term_slot in plan.group_slots:
         weight = _cat([weights[values[m].param] for m in plan.dynamic_groups[operand].members])
         term = group_term(operand)
@@ -346,6 +347,7 @@ def fast_forward(
         if torch.is_grad_enabled() and weight.requires_grad:
             term = weight_gradient_tap(term, weight, operands)
             weight = weight.detach()  # the steps compute no weight gradient of their own
+            tapped.append(operands)
         slots[term_slot + 1], slots[term_slot + 2] = weight.t(), operands
         feeds.append((term_slot, term.unbind(0)))
     memory_seq = None
@@ -373,4 +375,6 @@ def fast_forward(
         elif memory_seq is not None:
             slots[c_slot] = memory_seq[t]
         slots[h_slot] = h
+    for operands in tapped:
+        finish_operands(operands)
     return torch.stack(outs), h, slots[c_slot] if plan.memory is not None else None

@@ -67,21 +67,29 @@ def position_encoding(steps: int, size: int, dtype: torch.dtype, device: torch.d
 
 class WeightGradientTap(torch.autograd.Function):
     """Identity on the additive term `S[T, B, k*H]` of a recurrent product `S[t] + a_t @ W.T`, whose
-    backward also returns W's gradient for all steps at once: `sum_t G_t^T a_t` as one product over T*B
-    rows (G = the gradient of S, which is also the gradient of each step's output). The steps then use
-    `W.detach()`, so autograd computes no thin per-step weight products and sums no T full-size matrices.
+    backward also returns W's gradient for all steps at once: `G^T A` as one product over T*B rows
+    (G = the gradient of S, which is also the gradient of each step's output; A = the operands a_t).
+    The steps then use `W.detach()`, so autograd computes no thin per-step weight products and sums no
+    T full-size matrices.
+
+    The operands exist only after the loop, so they reach the backward through `operands`, a list the
+    caller fills during the loop and then replaces by `finish_operands` with one graph-free tensor: a
+    list holding graph-connected tensors on ctx would be a reference cycle through the C++ graph that
+    Python's GC cannot collect (every training step would leak). Repeated backward (retain_graph) works.
     """
 
     @staticmethod
     def forward(ctx, term: Tensor, weight: Tensor, operands: list[Tensor]) -> Tensor:  # type: ignore[override]
-        ctx.operands = operands  # a_0 .. a_{T-1}, appended by the steps after this call
+        ctx.operands = operands
         return term.view_as(term)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            operands = torch.cat(ctx.operands)
+            if len(ctx.operands) != 1:
+                raise RuntimeError("WeightGradientTap: finish_operands was not called after the time loop")
+            operands = ctx.operands[0]
             grad_weight = grad.reshape(operands.shape[0], grad.shape[-1]).t().mm(operands)
         return grad, grad_weight, None
 
@@ -89,3 +97,10 @@ class WeightGradientTap(torch.autograd.Function):
 def weight_gradient_tap(term: Tensor, weight: Tensor, operands: list[Tensor]) -> Tensor:
     """`term`, unchanged, with W's gradient attached (see `WeightGradientTap`); fill `operands` per step."""
     return WeightGradientTap.apply(term, weight, operands)
+
+
+def finish_operands(operands: list[Tensor]) -> None:
+    """After the loop: replace the per-step operands by their concatenation, cut from the graph."""
+    with torch.no_grad():
+        stacked = torch.cat(operands)
+    operands[:] = [stacked]

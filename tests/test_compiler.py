@@ -446,3 +446,18 @@ def test_copy_and_pickle_rebuild_the_plan() -> None:
         assert clone.plan is not module.plan and [n for n, _ in clone.named_parameters()] == [
             n for n, _ in module.named_parameters()
         ]
+
+
+def test_forward_backward_frees_the_graph() -> None:
+    """No reference cycle through the autograd graph: a training step leaves nothing alive."""
+    import weakref
+
+    module = compile_cell(LSTM, 3, 4)
+    x = torch.randn(6, 2, 3)
+    h0 = torch.randn(2, 4, requires_grad=True)  # the operand of the first step's recurrent product
+    out, (h, c) = module(x, (h0, torch.zeros(2, 4)))
+    out.sum().backward()
+    assert h0.grad is not None
+    refs = [weakref.ref(h0), weakref.ref(h)]
+    del out, h, c, h0
+    assert all(ref() is None for ref in refs)
