@@ -126,13 +126,13 @@ def call_job(fn: JobFn, job: Job) -> tuple:
     t0 = time.perf_counter()
     try:
         res = fn(job)
+        if isinstance(res, dict):
+            return ("result", dict(res))
+        to_dict = getattr(res, "to_dict", None)
+        if callable(to_dict):
+            return ("result", to_dict())
     except Exception as exc:  # recorded as a failed evaluation, with the message
         return ("failed", describe_exception(exc), time.perf_counter() - t0)
-    if isinstance(res, dict):
-        return ("result", dict(res))
-    to_dict = getattr(res, "to_dict", None)
-    if callable(to_dict):
-        return ("result", to_dict())
     return ("failed", f"job function returned {type(res).__name__}, not EvalResult", time.perf_counter() - t0)
 
 
