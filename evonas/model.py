@@ -54,8 +54,7 @@ class CellModel(nn.Module):
         super().__init__()
         self.input_kind = input_kind
         if input_kind == "tokens":
-            self.encoder: nn.Module = nn.Embedding(n_inputs, hidden)
-            nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+            self.encoder: nn.Module = nn.Embedding(n_inputs, hidden)  # N(0, 1) init: small models learn faster
         else:
             self.encoder = nn.Linear(n_inputs, hidden)
         self.cells = nn.ModuleList(compile_cell(cell, hidden, hidden) for _ in range(layers))

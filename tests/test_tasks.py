@@ -29,7 +29,8 @@ def test_synthetic_is_deterministic_and_structured():
         assert s[0] == "<" and s[2] == ":" and s[-2] == ">"
         assert s[1] == s[-1], "the name after '>' repeats the name after '<'"
         body = s[3:-2]
-        assert body and body[-1] == "_"
+        assert not body or body[-1] == "_"
+    assert any(len(s) == 5 for s in sentences) and max(len(s) for s in sentences) > 20  # short and long gaps
 
 
 def test_synthetic_task_batches_carry_a_stream():
