@@ -273,3 +273,11 @@ def test_config_names_bad_key_and_value(tmp_path):
 def test_memory_mutation_only_with_memory_operator():
     assert "memory" in RunConfig().mutation_weights()
     assert "memory" not in RunConfig(ops=["MM", "Tanh", "Add", "Sigmoid"]).mutation_weights()
+
+
+def test_aging_evolution_mutates_only():
+    cfg = RunConfig(selection="aging", cx_prob=1.0)
+    rng = random.Random(0)
+    tb = tbx.make_toolbox(cfg, rng)
+    kids = op.breed(tb, tb.population(6), 20, cfg.filter_config(), set(), rng)
+    assert kids and "crossover" not in {k.mutation for k in kids}

@@ -122,6 +122,7 @@ def make_toolbox(config: Any, rng: random.Random, pset: gp.PrimitiveSet | None =
         tb.decorate(name, op.static_limit(lambda t: t.height, fcfg.max_height))
     tb.register("mutate", op.mut_mixture, rng=rng, weights=config.mutation_weights(),
                 ops={name: getattr(tb, f"mut_{name}") for name in config.mutation_weights()})
-    tb.register("vary", op.vary, rng=rng, mate=tb.mate, mutate=tb.mutate, cx_prob=config.cx_prob)
+    cx_prob = 0.0 if config.selection == "aging" else config.cx_prob  # aging evolution mutates only (Real et al.)
+    tb.register("vary", op.vary, rng=rng, mate=tb.mate, mutate=tb.mutate, cx_prob=cx_prob)
     tb.register("selector", sel.make_selector, config, rng)
     return tb
