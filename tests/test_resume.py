@@ -87,7 +87,7 @@ def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
     ckpt = json.loads((b / "checkpoint.json").read_text())
     assert ckpt["next_gen"] == 2, "the kill came after generation 2 had finished"
     done_in_gen2 = [r for r in before if r["generation"] == 2]
-    assert 1 <= len(done_in_gen2) < 3
+    assert 1 <= len(done_in_gen2) <= 3  # (3 only if the kill beat the checkpoint of generation 2)
 
     out, err = finish(evonas("resume", str(b)))
     finish(run_a)
