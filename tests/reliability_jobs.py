@@ -8,6 +8,7 @@ additions read from the environment:
 - EVONAS_REL_JOURNAL=FILE: every `Archive.add` in this process appends "new KEY" (row written) or "dup KEY"
   (the cell was already archived: a completed evaluation was trained again) to FILE, fsynced.
 - EVONAS_REL_KILL=POINT:N: the process SIGKILLs itself at the Nth time it reaches POINT (see `KILL_POINTS`).
+- EVONAS_REL_FIT_EPOCHS=N: surrogate fits run at most N epochs (a budget only, to keep the test short).
 Nothing here is imported by evonas itself; the hooks wrap evonas functions from the outside.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -172,6 +174,15 @@ def install_hooks() -> None:
 
     loop_mod.append_logbook = append_logbook
 
+    fit_epochs = os.environ.get("EVONAS_REL_FIT_EPOCHS")
+    if fit_epochs:
+        import dataclasses
+
+        from evonas.surrogate import api as api_mod
+
+        api_mod.FitConfig = dataclasses.make_dataclass(
+            "FitConfig", [("epochs", int, dataclasses.field(default=int(fit_epochs)))], bases=(api_mod.FitConfig,))
+        api_mod.WARM_EPOCHS = int(fit_epochs)
     if counter is not None and counter.point.startswith("surrogate"):
         from evonas.surrogate import api as api_mod
         from evonas.surrogate import persist as persist_mod
@@ -196,7 +207,10 @@ def install_hooks() -> None:
 
 
 def main() -> None:
-    """`evonas` with the test hooks installed."""
+    """`evonas` with the test hooks installed (SIGUSR1 dumps every thread's stack: for diagnosing a hang)."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     install_hooks()
     from evonas.cli.main import main as evonas_main
 
@@ -206,3 +220,46 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------- helpers for the test modules
+
+
+class InlineEvaluator:
+    """Evaluates `faulty` jobs in the calling process (no workers): for building run folders quickly."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def run(self, jobs, on_result) -> None:  # noqa: ANN001
+        from evonas.train import EvalResult
+
+        for job in jobs:
+            self.calls.append(job.key)
+            on_result(job, EvalResult.from_dict(faulty(job)))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`evonas ARGS...` in a fresh process (the installed console script), output captured as text."""
+    exe = Path(sys.executable).with_name("evonas")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def assert_one_line_error(proc, *fragments: str, alone: bool = True) -> str:  # noqa: ANN001
+    """Exit code 2, no traceback, and exactly one stderr line `error: ...` holding every fragment
+    (`alone`: and nothing else on stderr)."""
+    err = proc.stderr
+    assert proc.returncode == 2, f"exit code {proc.returncode}\nstdout: {proc.stdout[-1500:]}\nstderr: {err[-3000:]}"
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, f"expected one error line, got:\n{err}"
+    assert not alone or len(lines) == 1, f"expected only the error line on stderr, got:\n{err}"
+    for frag in fragments:
+        assert frag in errors[0], f"{frag!r} not in {errors[0]!r}"
+    return errors[0]

@@ -68,16 +68,22 @@ def snapshot(run: Path) -> dict[str, dict]:
     return {k: json.loads(m) for k, m in rows}
 
 
-def group_gone(pgid: int, wait: float = 5.0) -> bool:
-    """True once no process of the group is left (workers exit when their parent dies)."""
+def group_left(pgid: int, wait: float = 30.0) -> list[str]:
+    """Command lines of processes of the group still alive after `wait` s (workers exit when their parent dies;
+    one still importing at that moment notices after its imports, hence the generous wait on a busy machine)."""
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
+    while True:
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except (OSError, IndexError, ValueError):
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -87,7 +93,8 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
     rng = random.Random(seed)
     cfg, run, journal = tmp_path / "tiny.yaml", tmp_path / "run", tmp_path / "journal.txt"
     cfg.write_text(CONFIG)
-    env = {**os.environ, "EVONAS_REL_JOURNAL": str(journal), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "EVONAS_REL_JOURNAL": str(journal), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "EVONAS_REL_FIT_EPOCHS": "30"}
     seen: dict[str, dict] = {}
     kills: list[str] = []
     finished = False
@@ -103,10 +110,12 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
             proc = subprocess.Popen([sys.executable, HARNESS, *args], env={**env, **point_env}, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                if arm == "ext":
-                    delay = rng.uniform(1.0, 8.0)
+                if arm == "ext":  # a random moment after the run is under way (mostly: cells are training)
+                    size = log.stat().st_size
+                    while proc.poll() is None and log.stat().st_size == size:
+                        time.sleep(0.05)
                     try:
-                        proc.wait(delay)
+                        proc.wait(rng.uniform(0.2, 4.0))
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
                 code = proc.wait(240)
@@ -114,7 +123,8 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        assert group_gone(proc.pid), "worker processes outlived the killed run"
+        left = group_left(proc.pid)
+        assert not left, f"processes outlived the killed run: {left}"
         output = log.read_text()
         assert code in (0, -signal.SIGKILL), f"attempt {attempt} ({arm}) exited {code} (seed {seed}):\n{output[-3000:]}"
         now = snapshot(run)
@@ -155,6 +165,7 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
 
 
 @needs_train
+@pytest.mark.xfail(strict=True, reason="bug B1 in /work/notes/bugs.md: killed before config.yaml => dead end")
 def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):
     """The smallest window: the run folder holds an (empty) archive and nothing else yet."""
     cfg, run = tmp_path / "tiny.yaml", tmp_path / "run"
