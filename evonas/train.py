@@ -224,6 +224,8 @@ class _Loop:
         self.batch_in_epoch += 1
         if not math.isfinite(value):
             raise Diverged(f"training loss is {value} at step {self.step}")
+        if self.step == 1 and self.cfg.loss_ceiling is None:  # default ceiling: also at least twice the first loss
+            self.s.loss_ceiling = max(self.s.loss_ceiling, 2.0 * value)
         if value > self.s.loss_ceiling:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
         self.opt.zero_grad(set_to_none=True)

@@ -45,7 +45,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping: validations without improvement before stopping
     eval_every: int | None = None  # validate every N steps (None: at the end of every epoch)
     level: str = "word"  # text task: word | char
-    loss_ceiling: float | None = None  # training loss above this => diverged (None: 3x the uniform loss)
+    loss_ceiling: float | None = None  # training loss above this => diverged (None: max(3x uniform, 2x first loss))
     grad_ceiling: float = 1e6  # gradient norm (before clipping) above this => diverged
     test: bool = False  # also report the test loss (of the best-validation weights)
     threads: int | None = None  # torch.set_num_threads for this process (worker processes)
