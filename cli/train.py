@@ -33,6 +33,8 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epoch budget.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer-step budget.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Time budget.")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="What --seconds measures: elapsed time, or this process's CPU time (shared machines).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
@@ -46,7 +48,7 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--test/--no-test", default=True, show_default=True, help="Also measure the test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(cell: str, task: str, data: str | None, level: str, hidden: int | None, layers: int, epochs: int | None,
-          steps: int | None, seconds: float | None, lr: float | None, optimizer: str | None,
+          steps: int | None, seconds: float | None, clock: str, lr: float | None, optimizer: str | None,
           batch_size: int | None, bptt: int | None, dropout: float, patience: int | None, seed: int, device: str,
           threads: int | None, test: bool, as_json: bool) -> None:
     """Train CELL (a library name such as lstm, or a cell text) on a task and print its metrics.
@@ -62,9 +64,9 @@ def train(cell: str, task: str, data: str | None, level: str, hidden: int | None
     node = resolve(cell)  # CellSyntaxError / CellError: exit 2 with the message
     try:
         cfg = TrainConfig(task=task, data=data, level=level, hidden=hidden, layers=layers, epochs=epochs,
-                          steps=steps, seconds=seconds, lr=lr, optimizer=optimizer, batch_size=batch_size, bptt=bptt,
-                          dropout_in=dropout, dropout_h=dropout, dropout_out=dropout, patience=patience, seed=seed,
-                          device=device, threads=threads, test=test).validate()
+                          steps=steps, seconds=seconds, clock=clock, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                          bptt=bptt, dropout_in=dropout, dropout_h=dropout, dropout_out=dropout, patience=patience,
+                          seed=seed,                          device=device, threads=threads, test=test).validate()
     except TypeError as e:
         raise ConfigError(str(e)) from None
     get_task(task, data, level)  # DataError for a bad path or format: exit 2 before anything is printed

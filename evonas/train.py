@@ -167,7 +167,8 @@ class _Loop:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evals = 0
         self.train_loss = math.nan
-        self.start = time.perf_counter()
+        self.clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
+        self.start = self.clock()
 
     def epochs_done(self) -> float:
         """Epochs completed, with the current one as a fraction."""
@@ -177,9 +178,9 @@ class _Loop:
         s = self.s
         if s.steps is not None and self.step >= s.steps:
             return True
-        if s.seconds is not None and time.perf_counter() - self.start >= s.seconds:
+        if s.seconds is not None and self.clock() - self.start >= s.seconds:
             if s.steps is not None or s.epochs is not None:
-                self.result.reason = f"time cap of {s.seconds:g} s reached at step {self.step}"
+                self.result.reason = f"time cap of {s.seconds:g} s ({self.cfg.clock}) reached at step {self.step}"
             return True
         return s.epochs is not None and self.epoch >= s.epochs
 
@@ -271,7 +272,7 @@ class _Loop:
         if self.progress is not None:
             self.progress({"epoch": round(self.epochs_done(), 3), "step": self.step, "train_loss": self.train_loss,
                            "valid_loss": loss, "best_valid_loss": self.best,
-                           "elapsed": time.perf_counter() - self.start})
+                           "elapsed": self.clock() - self.start})
         return self.cfg.patience is not None and self.bad_evals >= self.cfg.patience
 
     def finish(self) -> None:

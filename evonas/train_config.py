@@ -28,6 +28,7 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     seconds: float | None = None
+    clock: str = "wall"  # what `seconds` measures: wall (elapsed) | cpu (this process's CPU time, for shared machines)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     optimizer: str | None = None  # adam | sgd
@@ -101,6 +102,8 @@ class TrainConfig:
                 raise bad(name, "a probability in [0, 1)")
         if self.optimizer is not None and self.optimizer not in ("adam", "sgd"):
             raise bad("optimizer", "adam | sgd or null")
+        if self.clock not in ("wall", "cpu"):
+            raise bad("clock", "wall | cpu")
         if self.level not in ("word", "char"):
             raise bad("level", "word | char")
         if not isinstance(self.device, str):

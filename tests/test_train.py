@@ -82,6 +82,13 @@ def test_seconds_budget_stops_training():
     assert r.status == "ok" and r.steps >= 1 and r.seconds < 30
 
 
+def test_cpu_clock_budget():
+    r = evaluate("tanh_rnn", cfg(seconds=0.3, clock="cpu"))
+    assert r.status == "ok" and r.steps >= 1
+    with pytest.raises(ConfigError, match="clock must be"):
+        TrainConfig.from_dict({"clock": "moon"})
+
+
 def test_step_budget_with_time_cap_says_so():
     r = evaluate("tanh_rnn", cfg(steps=10_000, seconds=0.2))
     assert r.status == "ok" and r.steps < 10_000 and "time cap" in r.reason
