@@ -15,12 +15,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import wraps
 
-from deap import gp
+from deap import base, gp
 
 from evonas.cells import FilterConfig, Node, canonical_text, filter_report, is_well_formed, preorder
 from evonas.errors import ConfigError
 from evonas.evolution.toolbox import Individual, make_individual, to_node, to_tree
 
+Tree = gp.PrimitiveTree  # an Individual: a PrimitiveTree with .fitness and .key
 HIDDEN, ANY, GATE = "hidden", "any", "gate"  # slot kinds: needs hidden size / may read the input / Gate3's gate
 _TRIES = 8  # attempts per operator call before giving the parent back unchanged
 
@@ -176,7 +177,7 @@ def _assign(ind, items: list):
 
 # ---------------------------------------------------------------- crossover and mutations
 
-def cx_subtree(ind1, ind2, rng: random.Random) -> tuple:
+def cx_subtree(ind1: Tree, ind2: Tree, rng: random.Random) -> tuple:
     """Subtree crossover: swap a random subtree of each parent (both children well-formed, else unchanged)."""
     if len(ind1) < 2 or len(ind2) < 2:
         return ind1, ind2
@@ -190,7 +191,7 @@ def cx_subtree(ind1, ind2, rng: random.Random) -> tuple:
     return ind1, ind2
 
 
-def mut_uniform(ind, expr: Callable, rng: random.Random) -> tuple:
+def mut_uniform(ind: Tree, expr: Callable, rng: random.Random) -> tuple:
     """Replace a random subtree by a fresh expression that fits its slot."""
     slots = _slots(ind)
     for _ in range(_TRIES):
@@ -203,7 +204,7 @@ def mut_uniform(ind, expr: Callable, rng: random.Random) -> tuple:
     return (ind,)
 
 
-def mut_node_replace(ind, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
+def mut_node_replace(ind: Tree, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
     """Swap one operator for another of the same arity, or one source for another that fits the slot."""
     slots = _slots(ind)
     for _ in range(_TRIES):
@@ -232,7 +233,7 @@ def _filler(pset: gp.PrimitiveSet, rng: random.Random, kind: str) -> list:
     return [rng.choice(_terminals(pset, kind))]
 
 
-def mut_insert(ind, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
+def mut_insert(ind: Tree, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
     """Insert a new operator above a random subtree; its other arguments get minimal fillers."""
     slots = _slots(ind)
     for _ in range(_TRIES):
@@ -256,7 +257,7 @@ def mut_insert(ind, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
     return (ind,)
 
 
-def mut_shrink(ind, rng: random.Random) -> tuple:
+def mut_shrink(ind: Tree, rng: random.Random) -> tuple:
     """Replace a random operator by one of its arguments (the tree gets smaller)."""
     inner = [i for i, item in enumerate(ind) if item.arity > 0]
     for _ in range(_TRIES):
@@ -336,7 +337,7 @@ def _move_memory(cell: Node, rng: random.Random) -> Node | None:
     return out
 
 
-def mut_memory(ind, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
+def mut_memory(ind: Tree, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
     """Add a Memory (a cell state recurring through c_prev) to a cell without one, or move the existing one."""
     cell = to_node(ind)
     names = set(pset.mapping)
@@ -348,7 +349,7 @@ def mut_memory(ind, pset: gp.PrimitiveSet, rng: random.Random) -> tuple:
     return (ind,)
 
 
-def mut_mixture(ind, rng: random.Random, weights: dict[str, float], ops: dict[str, Callable]) -> tuple:
+def mut_mixture(ind: Tree, rng: random.Random, weights: dict[str, float], ops: dict[str, Callable]) -> tuple:
     """Apply one mutation, drawn by weight from `ops`."""
     names = sorted(weights)
     name = rng.choices(names, weights=[weights[n] for n in names])[0]
@@ -357,7 +358,7 @@ def mut_mixture(ind, rng: random.Random, weights: dict[str, float], ops: dict[st
     return out
 
 
-def vary(parents: list, rng: random.Random, mate: Callable, mutate: Callable, cx_prob: float) -> object:
+def vary(parents: list, rng: random.Random, mate: Callable, mutate: Callable, cx_prob: float) -> Tree:
     """One child: crossover of two parents (first child kept) with probability cx_prob, else a mutant of one."""
     if len(parents) >= 2 and rng.random() < cx_prob:
         a, b = (copy.deepcopy(p) for p in rng.sample(parents, 2))
@@ -370,7 +371,7 @@ def vary(parents: list, rng: random.Random, mate: Callable, mutate: Callable, cx
     return child
 
 
-def breed(toolbox, parents: list, n: int, filters: FilterConfig, seen: set[str], rng: random.Random,
+def breed(toolbox: base.Toolbox, parents: list, n: int, filters: FilterConfig, seen: set[str], rng: random.Random,
           max_tries: int | None = None) -> list:
     """Up to `n` distinct new offspring that pass the filters and whose key is not in `seen` (bounded tries).
 
