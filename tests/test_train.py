@@ -15,7 +15,7 @@ from evonas.errors import ConfigError, DataError
 from evonas.tasks.base import TokenTask
 from evonas.train import EvalResult, TrainConfig, evaluate
 
-TINY = {"hidden": 8, "device": "cpu", "threads": 1, "batch_size": 4, "eval_batch_size": 16}
+TINY = {"hidden": 8, "device": "cpu", "threads": 1, "batch_size": 4, "eval_batch_size": 100}
 
 
 @pytest.fixture(scope="module")

@@ -90,10 +90,10 @@ class TokenTask(Task):
                 rng: np.random.Generator | None = None) -> Iterator[Batch]:
         """Cut the stream into `batch_size` columns and walk down them `bptt` steps at a time."""
         data = self.splits[split]
+        batch_size = max(1, min(batch_size, len(data) - 1))  # a small split gets fewer, longer columns
         n = (len(data) - 1) // batch_size
         if n < 1:
-            raise ValueError(f"the {split} split of {self.name} has {len(data)} tokens, too few for batch size "
-                             f"{batch_size}")
+            raise ValueError(f"the {split} split of {self.name} has {len(data)} tokens, too few to predict any")
         x_all = data[: n * batch_size].view(batch_size, n).t()
         y_all = data[1 : n * batch_size + 1].view(batch_size, n).t()
         for i in range(0, n, bptt):
