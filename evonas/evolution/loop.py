@@ -19,7 +19,7 @@ from typing import IO, Any
 from evonas.archive import Archive, json_safe
 from evonas.cells import Node, canonical_text, parse, to_text
 from evonas.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError
+from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluators import Evaluator, Job
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
@@ -204,7 +204,10 @@ class Search:
         if predicted is not None:
             tau = scr.kendall_tau(predicted, [results[i.key].get("valid_loss") for i in chosen])
         if self.screen is not None:
-            scr.learn(self.screen, self._records(before=g + 1))
+            try:
+                scr.learn(self.screen, self._records(before=g + 1))
+            except EvonasError as e:  # a screen that cannot refit keeps its old state; the search goes on
+                info["screen_error"] = str(e)
         parents = [i for i in chosen if getattr(i, "in_pset", True)]
         if g == 0:
             self.population = self.selector.survivors([], parents, self.cfg.population)
