@@ -5,7 +5,7 @@ of training on this 2-core machine. Published: tanh 9.10, GRU 8.54, LSTM 8.67 at
 (Chung et al. 2014); LSTM 8.45, GRU 8.43 at ~300k.
 
 Usage: .venv/bin/python benchmarks/jsb.py [--data PATH] [--seconds 180] [--epochs N] [--seeds 3]
-       [--params 150000] [--cells tanh_rnn,gru,lstm] [--threads 1] [--clock cpu|wall] [--dropout 0.0] [--lr 1e-2]
+       [--params 150000] [--cells tanh_rnn,gru,lstm] [--threads 1] [--clock cpu|wall] [--dropout 0.2] [--lr 1e-2]
 Each cell gets the hidden size that puts its model closest to --params; the test NLL is measured with the
 weights of the best validation epoch. Prints one line per run and mean ± std per cell, and the machine
 load before and after. By default the budget is measured on the process's CPU clock with one torch thread:
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
                     help="what --seconds measures (cpu: this process's CPU time, fair on a shared machine)")
-    ap.add_argument("--dropout", type=float, default=0.3, help="variational dropout on inputs and outputs")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--dropout", type=float, default=0.2, help="variational dropout on inputs and outputs")
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
     if not Path(args.data).is_file():
