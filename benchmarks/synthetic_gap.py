@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             cfg = TrainConfig(task="synthetic", seed=seed, device="cpu", steps=args.steps or DEFAULTS["steps"],
                               seconds=args.seconds or DEFAULTS["seconds"])
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r = evaluate(cell, cfg)
             loss = r.valid_loss if r.valid_loss is not None else float("nan")
             losses[cell].append(loss)
             print(f"seed {seed} {cell:10s} valid_loss {loss:.4f} status {r.status} steps {r.steps} "
-                  f"params {r.params} seconds {time.perf_counter() - t:.1f} {r.reason}", flush=True)
+                  f"params {r.params} wall {time.perf_counter() - t:.1f}s cpu {time.process_time() - c:.1f}s {r.reason}",
+                  flush=True)
         if len(cells) >= 2:
             a, b = losses[cells[0]][-1], losses[cells[1]][-1]
             print(f"seed {seed} gap 1 - {cells[0]}/{cells[1]} = {1 - a / b:.1%}", flush=True)
