@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             loss = r.valid_loss if r.valid_loss is not None else float("nan")
             losses[cell].append(loss)
             print(f"seed {seed} {cell:10s} valid_loss {loss:.4f} status {r.status} steps {r.steps} "
-                  f"params {r.params} wall {time.perf_counter() - t:.1f}s cpu {time.process_time() - c:.1f}s {r.reason}",
+                  f"params {r.params} wall {time.perf_counter() - t:.1f}s cpu {time.process_time() - c:.1f}s "
+                  f"{r.reason}",
                   flush=True)
         if len(cells) >= 2:
             a, b = losses[cells[0]][-1], losses[cells[1]][-1]
