@@ -117,6 +117,8 @@ class RayEvaluator(Evaluator):
                     job = pending.pop()
                     inflight[self._task.remote(self.fn, job.to_dict())] = [job, None]
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._wait_time(inflight))
+                if ready:  # take every generator that has something, not just the first
+                    ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
                 for gen in ready:
                     job, started = inflight[gen]
                     try:
@@ -133,15 +135,20 @@ class RayEvaluator(Evaluator):
                     on_result(job, result_from_message(job, msg))
                 now = time.monotonic()
                 for gen, (job, started) in list(inflight.items()):
-                    if self.timeout is not None and started is not None and now - started > self.timeout:
-                        ray.cancel(gen, force=True)
-                        del inflight[gen]
-                        on_result(job, failed_result(job, f"timed out after {self.timeout:g} s", now - started))
+                    if self.timeout is None or started is None or now - started <= self.timeout:
+                        continue
+                    if ray.wait([gen], num_returns=1, timeout=0)[0]:
+                        continue  # finished just now: collected in the next round, not killed
+                    ray.cancel(gen, force=True)  # hung, possibly in C code: kill its worker
+                    del inflight[gen]
+                    on_result(job, failed_result(job, f"timed out after {self.timeout:g} s", now - started))
             ok = True
         finally:
             if not ok:
+                # Interrupt (not kill) what nobody will collect: a force-cancel of a task that has just
+                # finished could kill the worker that already runs the next task.
                 for gen in inflight:
-                    ray.cancel(gen, force=True)
+                    ray.cancel(gen, force=False)
 
     def _wait_time(self, inflight: dict) -> float:
         """Seconds to wait for the next event: until the nearest deadline, at most 1 s."""

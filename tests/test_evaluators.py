@@ -83,20 +83,19 @@ def test_ok_results_come_back_intact(make_evaluator):
     keys = [f"ok-{i}" for i in range(5)]
     got = collect(ev, make_jobs(*keys))
     for k in keys:
-        assert got[k].to_dict() == jobs_mod.ok_result(k)
+        assert got[k].to_dict() == jobs_mod.ok_result(k), got[k].reason
     assert collect(ev, []) == {}
 
 
+@pytest.mark.timeout(300)  # a pool that failed to recover would hang here
 @pytest.mark.parametrize("make_evaluator", BACKENDS, indirect=True)
 def test_faults_are_recorded_and_the_rest_still_run(make_evaluator):
     timeout = 2.0
     ev = make_evaluator(timeout=timeout)
     cells = ["ok-a", "raise-1", "exit-1", "kill-1", "hang-1", "ok-b", "ok-c", "none-1"]
-    t0 = time.monotonic()
     got = collect(ev, make_jobs(*cells))
-    assert time.monotonic() - t0 < 60
     for k in ("ok-a", "ok-b", "ok-c"):
-        assert got[k].status == "ok" and got[k].valid_loss == jobs_mod.loss_of(k)
+        assert got[k].status == "ok" and got[k].valid_loss == jobs_mod.loss_of(k), got[k].reason
     for k in ("raise-1", "exit-1", "kill-1", "hang-1", "none-1"):
         assert got[k].status == "failed", (k, got[k])
         assert got[k].cell == k and got[k].valid_loss is None
@@ -130,7 +129,7 @@ def test_error_in_on_result_propagates_and_evaluator_stays_usable(make_evaluator
     with pytest.raises(RuntimeError, match="archive full"):
         ev.run(make_jobs("ok-1", "hang-2", "ok-2"), on_result)
     got = collect(ev, make_jobs("ok-3"))
-    assert got["ok-3"].status == "ok"
+    assert got["ok-3"].status == "ok", got["ok-3"].reason
 
 
 def test_ray_error_reasons():
@@ -218,7 +217,7 @@ def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not pidfile.exists() or not pidfile.read_text():
             assert time.monotonic() < deadline, "worker never started"
             assert proc.poll() is None, "parent exited early"
@@ -226,7 +225,7 @@ def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
         worker = int(pidfile.read_text())
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while _alive(worker):
             assert time.monotonic() < deadline, "orphaned worker still running"
             time.sleep(0.1)
