@@ -24,7 +24,6 @@ workers: 1
 device: cpu
 seed: 5
 seed_cells: [tanh_rnn, gru]
-eval_timeout: 120
 train: {hidden: 8, steps: 20, threads: 1}
 """
 CMD = [sys.executable, "-c", "from evonas.cli.main import main; main()"]
