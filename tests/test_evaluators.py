@@ -29,15 +29,13 @@ def make_jobs(*cells: str) -> list[Job]:
 def ray_instance():
     """One local Ray for the whole module (startup takes seconds); workers import the fake jobs from tests/."""
     ray = pytest.importorskip("ray")
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, old) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p))
+        # On a shared machine, other processes' memory must not get our tiny workers killed by Ray's OOM monitor.
+        mp.setenv("RAY_memory_monitor_refresh_ms", "0")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", ignore_reinit_error=True)
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture
