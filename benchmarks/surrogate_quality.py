@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=None, help="hidden and head size (default: the model's own)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     records = read_records(args.data)
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         line = [f"split {split}: ridge tau {m['kendall_tau']:.3f} (alpha {ridge.alpha:g})"]
         for kind in kinds:
             t0 = time.perf_counter()
-            s = Surrogate(kind, seed=split, ensemble=args.ensemble)
+            sizes = {"hidden": args.hidden, "head": args.hidden} if args.hidden else None
+            s = Surrogate(kind, seed=split, ensemble=args.ensemble, sizes=sizes)
             rep = s.fit(train, epochs=args.epochs)
             m = s.evaluate(test)
             results[kind].append(m)

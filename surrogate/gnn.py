@@ -12,6 +12,8 @@ from evonas.surrogate.graph import N_SLOTS, N_STEPS, VOCAB, GraphBatch
 from evonas.surrogate.model import Ranker, register
 from torch import nn
 
+MAX_DEPTH = 32  # depths beyond this share one embedding
+
 
 @register
 class GNNRanker(Ranker):
@@ -20,9 +22,12 @@ class GNNRanker(Ranker):
     kind = "gnn"
     form = "dag"
 
-    def __init__(self, hidden: int = 64, layers: int = 4, head: int = 64, dropout: float = 0.0):
+    def __init__(self, hidden: int = 64, layers: int = 4, head: int = 64, dropout: float = 0.0,
+                 depth_feature: bool = False):
         super().__init__()
         self.hidden, self.layers, self.head_size, self.dropout = hidden, layers, head, dropout
+        self.depth_feature = depth_feature
+        self.depth = nn.Embedding(MAX_DEPTH, hidden) if depth_feature else None
         self.op = nn.Embedding(len(VOCAB), hidden)
         self.step = nn.Embedding(N_STEPS, hidden)
         self.slot = nn.Embedding(N_SLOTS, hidden)
@@ -35,12 +40,15 @@ class GNNRanker(Ranker):
         self.head = nn.Sequential(nn.Linear(3 * hidden, head), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head, 1))
 
     def sizes(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "layers": self.layers, "head": self.head_size, "dropout": self.dropout}
+        return {"hidden": self.hidden, "layers": self.layers, "head": self.head_size, "dropout": self.dropout,
+                "depth_feature": self.depth_feature}
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         g = batch.g
         nd = g.ndata
         h = self.op(nd["op"]) + self.step(nd["step"]) + self.slot(nd["slot"])
+        if self.depth is not None:  # longest distance from the root: where in the unrolled cell a node sits
+            h = h + self.depth(nd["depth"].clamp(max=MAX_DEPTH - 1))
         src, dst = g.edges()
         both = dgl.graph((torch.cat([src, dst]), torch.cat([dst, src])), num_nodes=g.num_nodes())
         eslot = g.edata["slot"]
