@@ -41,6 +41,8 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--bptt", type=click.IntRange(min=1), default=None, help="Truncated BPTT length (token tasks).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Variational dropout on inputs, between layers and on outputs.")
+@click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="DropConnect on the recurrent MMs (those reading h_prev/c_prev).")
 @click.option("--patience", type=click.IntRange(min=1), default=None, help="Early stopping patience.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=str, default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -49,8 +51,8 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(cell: str, task: str, data: str | None, level: str, hidden: int | None, layers: int, epochs: int | None,
           steps: int | None, seconds: float | None, clock: str, lr: float | None, optimizer: str | None,
-          batch_size: int | None, bptt: int | None, dropout: float, patience: int | None, seed: int, device: str,
-          threads: int | None, test: bool, as_json: bool) -> None:
+          batch_size: int | None, bptt: int | None, dropout: float, weight_drop: float, patience: int | None,
+          seed: int, device: str, threads: int | None, test: bool, as_json: bool) -> None:
     """Train CELL (a library name such as lstm, or a cell text) on a task and print its metrics.
 
     Progress goes to stderr; the result to stdout. Exit code 0 when training ended ok, 1 when the cell
@@ -65,8 +67,8 @@ def train(cell: str, task: str, data: str | None, level: str, hidden: int | None
     try:
         cfg = TrainConfig(task=task, data=data, level=level, hidden=hidden, layers=layers, epochs=epochs,
                           steps=steps, seconds=seconds, clock=clock, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                          bptt=bptt, dropout_in=dropout, dropout_h=dropout, dropout_out=dropout, patience=patience,
-                          seed=seed,                          device=device, threads=threads, test=test).validate()
+                          bptt=bptt, dropout_in=dropout, dropout_h=dropout, dropout_out=dropout, dropout_w=weight_drop,
+                          patience=patience, seed=seed, device=device, threads=threads, test=test).validate()
     except TypeError as e:
         raise ConfigError(str(e)) from None
     get_task(task, data, level)  # DataError for a bad path or format: exit 2 before anything is printed

@@ -6,7 +6,9 @@ Dropout (all off by default; probabilities in [0, 1)):
 - `dropout_h`: variational dropout on the hidden states h passed between stacked layers, one mask per
   sequence. The compiled cell runs the recurrence inside one call, so this acts on the h sequence a layer
   outputs, not on the h_prev the cell reads back (no weight-drop);
-- `dropout_out`: variational dropout on the last layer's h before the output layer.
+- `dropout_out`: variational dropout on the last layer's h before the output layer;
+- `dropout_w`: weight drop (DropConnect, as in AWD-LSTM) on the recurrent MMs, those whose operand depends on
+  h_prev or c_prev: one mask per forward call, so the same dropped recurrent weights at every step.
 Every layer runs the same cell with input size = hidden size, so every well-formed cell type-checks
 (x may appear without an MM). With tokens and `tie=True`, the output layer shares the embedding matrix
 (the last layer's size must then equal the embedding size, which is true because all layers have the hidden size).
@@ -15,8 +17,10 @@ Every layer runs the same cell with input size = hidden size, so every well-form
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from evonas.cells import Node
+from evonas.cells import Node, preorder
+from evonas.cells.tree import uses
 from evonas.compiler import compile_cell
 
 State = list[tuple[Tensor, Tensor | None]]
@@ -45,12 +49,29 @@ def embedded_dropout(embed: nn.Embedding, words: Tensor, p: float, training: boo
     return nn.functional.embedding(words, weight)
 
 
+class DropConnect(nn.Module):
+    """Parametrization that drops weight entries while training (one mask each time the weight is read)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, w: Tensor) -> Tensor:
+        return nn.functional.dropout(w, self.p, self.training)
+
+
+def recurrent_mm_indices(cell: Node) -> list[int]:
+    """Indices into `module.mm` (pre-order of the canonical cell) of the MMs whose operand reads the state."""
+    mms = [n for n in preorder(cell) if n.op == "MM"]
+    return [i for i, n in enumerate(mms) if uses(n, "h_prev") or uses(n, "c_prev")]
+
+
 class CellModel(nn.Module):
     """Embedding/projection -> `layers` compiled cells -> output logits, for one task's inputs and outputs."""
 
     def __init__(self, cell: Node | str, input_kind: str, n_inputs: int, n_outputs: int, hidden: int,
                  layers: int = 1, tie: bool = False, dropout_emb: float = 0.0, dropout_in: float = 0.0,
-                 dropout_h: float = 0.0, dropout_out: float = 0.0):
+                 dropout_h: float = 0.0, dropout_out: float = 0.0, dropout_w: float = 0.0):
         super().__init__()
         self.input_kind = input_kind
         if input_kind == "tokens":
@@ -58,6 +79,10 @@ class CellModel(nn.Module):
         else:
             self.encoder = nn.Linear(n_inputs, hidden)
         self.cells = nn.ModuleList(compile_cell(cell, hidden, hidden) for _ in range(layers))
+        if dropout_w > 0:
+            for module in self.cells:
+                for i in recurrent_mm_indices(module.cell):
+                    parametrize.register_parametrization(module.mm[i], "weight", DropConnect(dropout_w))
         self.decoder = nn.Linear(hidden, n_outputs)
         nn.init.zeros_(self.decoder.bias)
         self.tied = bool(tie and input_kind == "tokens")

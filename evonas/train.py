@@ -119,7 +119,8 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
     seed_everything(config.seed)
     try:
         model = CellModel(node, task.input_kind, task.n_inputs, task.n_outputs, s.hidden, config.layers, s.tie,
-                          config.dropout_emb, config.dropout_in, config.dropout_h, config.dropout_out).to(device)
+                          config.dropout_emb, config.dropout_in, config.dropout_h, config.dropout_out,
+                          config.dropout_w).to(device)
     except Exception as e:  # any build problem is recorded as a failed cell, with its message
         return EvalResult(cell=label, status="failed", reason=f"build: {type(e).__name__}: {e}",
                           seconds=time.perf_counter() - t0)

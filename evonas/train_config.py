@@ -39,6 +39,7 @@ class TrainConfig:
     dropout_in: float = 0.0
     dropout_h: float = 0.0
     dropout_out: float = 0.0
+    dropout_w: float = 0.0  # weight drop on the recurrent MMs (those reading h_prev/c_prev)
     tie: bool | None = None  # tie embedding and output weights (token tasks; default True)
     bptt: int | None = None
     batch_size: int | None = None
@@ -96,7 +97,7 @@ class TrainConfig:
             raise bad("clip", "a number >= 0 (0 = off) or null")
         if not (_is_num(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", "a number >= 0")
-        for name in ("dropout_emb", "dropout_in", "dropout_h", "dropout_out"):
+        for name in ("dropout_emb", "dropout_in", "dropout_h", "dropout_out", "dropout_w"):
             v = getattr(self, name)
             if not (_is_num(v) and 0 <= v < 1):
                 raise bad(name, "a probability in [0, 1)")

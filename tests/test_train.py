@@ -77,6 +77,23 @@ def test_layers_dropout_and_tied_embeddings():
     assert untied.params - tied.params == 29 * 8  # the output matrix is the embedding when tied
 
 
+def test_weight_drop_on_recurrent_mms_only():
+    from evonas.cells.library import resolve
+    from evonas.model import CellModel, recurrent_mm_indices
+
+    model = CellModel(resolve("gru"), "tokens", 10, 10, 8, dropout_w=0.5)
+    cell = model.cells[0]
+    assert recurrent_mm_indices(cell.cell) == [0, 1, 4]  # MM(Mult(r, h_prev)), MM(h_prev) twice; not MM(x)
+    assert [hasattr(m, "parametrizations") for m in cell.mm] == [True, True, False, False, True, False]
+    x = torch.randint(0, 10, (5, 3))
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+    r = evaluate("lstm", cfg(steps=3, dropout_w=0.3))
+    assert r.status == "ok" and r.valid_loss != evaluate("lstm", cfg(steps=3)).valid_loss
+
+
 def test_seconds_budget_stops_training():
     r = evaluate("tanh_rnn", cfg(seconds=0.3))
     assert r.status == "ok" and r.steps >= 1 and r.seconds < 30
