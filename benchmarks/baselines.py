@@ -17,7 +17,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from evonas.cells import Node, canonical_text, to_text
@@ -61,18 +60,46 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def train_many(jobs: list[Job], workers: int, timeout: float | None) -> dict[tuple[str, int], dict]:
-    """Train every job with the local evaluator; results keyed by (job key, seed)."""
+def _cache_key(job: Job) -> str:
+    return json.dumps([job.cell, job.config], sort_keys=True)
+
+
+def train_many(jobs: list[Job], workers: int, timeout: float | None,
+               cache: str | None = None) -> dict[tuple[str, int], dict]:
+    """Train every job with the local evaluator; results keyed by (job key, seed).
+
+    With `cache` (a JSONL file), every result is appended as it arrives and a job whose cell text and training
+    config are already in the file is not trained again (so a killed run continues where it stopped).
+    """
     out: dict[tuple[str, int], dict] = {}
+    done: dict[str, dict] = {}
+    if cache and Path(cache).exists():
+        for line in Path(cache).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                done[entry["job"]] = entry["result"]
+    todo = []
+    for job in jobs:
+        if _cache_key(job) in done:
+            out[(job.key, job.config["seed"])] = done[_cache_key(job)]
+        else:
+            todo.append(job)
+    if len(todo) < len(jobs):
+        print(f"  {len(jobs) - len(todo)} result(s) taken from {cache}", file=sys.stderr)
+    jobs = todo
 
     def on_result(job: Job, result) -> None:
         out[(job.key, job.config["seed"])] = result.to_dict()
+        if cache:
+            with open(cache, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"job": _cache_key(job), "result": result.to_dict()}) + "\n")
         r = out[(job.key, job.config["seed"])]
         print(f"  {job.key[:50]:<50} seed {job.config['seed']}: {r['status']} {r['valid_loss']} "
               f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
-    with LocalEvaluator(workers=workers, timeout=timeout, devices=["cpu"], threads=1) as ev:
-        ev.run(jobs, on_result)
+    if jobs:
+        with LocalEvaluator(workers=workers, timeout=timeout, devices=["cpu"], threads=1) as ev:
+            ev.run(jobs, on_result)
     return out
 
 
@@ -100,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--out", default="", help="also write the markdown table to this file")
+    p.add_argument("--cache", default="", help="JSONL of finished results: reused, and appended to as results arrive")
     args = p.parse_args(argv)
     from evonas.cells.library import library
 
@@ -116,9 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.seeds):
             conf = TrainConfig.from_dict({**base, "hidden": sizes[n][0], "seed": seed}).to_dict()
             jobs.append(Job(key=key, cell=to_text(lib[n].cell), config=conf))
-    t0 = time.monotonic()
-    res = train_many(jobs, args.workers, args.timeout)
-    wall = time.monotonic() - t0
+    res = train_many(jobs, args.workers, args.timeout, args.cache or None)
     rows = []
     for n in names:
         key = canonical_text(lib[n].cell)
@@ -128,16 +154,24 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], "mean": m, "sd": sd, "losses": ok,
                      "failed": len(rs) - len(ok), "seconds": statistics.fmean(r["seconds"] for r in rs),
                      "reasons": sorted({r["reason"] for r in rs if r["status"] != "ok"})})
+    total = sum(r["seconds"] for r in res.values())
     rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
     budget = ", ".join(f"{k} {v}" for k, v in base.items() if k in ("epochs", "steps", "seconds")) or "task default"
     lines = [f"Library cells on `{args.task}`"
              f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget} per run, "
              f"{args.seeds} seeds (0..{args.seeds - 1}), parameters matched to the LSTM at hidden {lstm_hidden} "
              f"({target:,} parameters, tolerance {args.tolerance:.0%}). Validation loss (nats per token; per time "
-             f"step for music), mean ± sample sd over seeds. Wall time {wall / 60:.0f} min on a shared 2-core CPU.", "",
+             f"step for music), mean ± sample sd over seeds. Training time {total / 60:.0f} min summed over runs "
+             "(shared 2-core CPU, 1 thread per run).", "",
              "| rank | cell | hidden | params (vs LSTM) | valid loss mean ± sd | min..max | failed | s/run |",
              "|---|---|---|---|---|---|---|---|"]
+    first: dict[str, str] = {}
+    for n in names:
+        first.setdefault(canonical_text(lib[n].cell), n)
     for i, r in enumerate(rows, 1):
+        same = first[canonical_text(lib[r["name"]].cell)]
+        if same != r["name"]:
+            r["name"] += f" (same tree as {same})"
         dev = (r["params"] - target) / target
         flag = "" if abs(dev) <= args.tolerance else " **outside tolerance**"
         loss = f"{r['mean']:.4f} ± {r['sd']:.4f}" if r["losses"] else "–"

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--out", default="", help="also write the summary (markdown) to this file")
+    p.add_argument("--cache", default="", help="JSONL of finished results (see baselines.py)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     label, text = cell_from(args.cell)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in seeds:
             conf = TrainConfig.from_dict({**base, "hidden": h, "seed": s}).to_dict()
             jobs.append(Job(key=f"{name}:{canonical_text(n)}", cell=to_text(n), config=conf))
-    res = train_many(jobs, args.workers, args.timeout)
+    res = train_many(jobs, args.workers, args.timeout, args.cache or None)
 
     def losses(name: str, n) -> list[float | None]:
         rs = [res[(f"{name}:{canonical_text(n)}", s)] for s in seeds]
