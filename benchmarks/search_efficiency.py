@@ -153,6 +153,11 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
     settings = {"budget": budget, "config": cfg.to_dict()}
     if marker.exists() and json.loads(marker.read_text()).get("settings") == settings:
         print(f"  reuse {run_dir}", file=sys.stderr)
+    elif args.summarise_only:
+        if not marker.exists():
+            raise SystemExit(f"--summarise-only: {run_dir} has not finished")
+        print(f"  reuse {run_dir} (--summarise-only: settings not compared; the current code's training "
+              "config may have gained fields since)", file=sys.stderr)
     else:
         if run_dir.exists():
             import shutil
@@ -248,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per training worker and for the surrogate")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per evaluation before it counts failed")
     p.add_argument("--out", default="search_efficiency_out")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: rebuild the table and curves from the finished run folders under --out")
     args = p.parse_args(argv)
     args.seed_cells = [s for s in args.seed_cells.split(",") if s]
     if (args.cells - args.population) % args.offspring or args.cells <= args.population:
