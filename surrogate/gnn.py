@@ -37,7 +37,9 @@ class GNNRanker(Ranker):
             for _ in range(layers)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.head = nn.Sequential(nn.Linear(3 * hidden, head), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head, 1))
+        # LayerNorm + GELU: no dead units, so a fit cannot get stuck on a constant prediction
+        self.head = nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, head), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(head, 1))
 
     def sizes(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "layers": self.layers, "head": self.head_size, "dropout": self.dropout,

@@ -64,12 +64,14 @@ class FitConfig:
     rank_weight: float = 1.0  # weight of the pairwise logistic ranking term next to the MSE
     valid_fraction: float = 0.15  # held out for early stopping (none below 20 records)
     patience: int = 25  # epochs without improvement of the held-out loss before stopping
+    min_epochs: int = 20  # the best held-out epoch is chosen among epochs >= min_epochs (small held-out parts
+    # are noisy: a barely trained model can look best there)
     seed: int = 0
 
 
 @dataclass
 class FitReport:
-    """What a fit did: epochs run, best held-out loss and its epoch, seconds, per-epoch seconds."""
+    """What a fit did: epochs run, best held-out ranking loss and its epoch, seconds, per-epoch seconds."""
 
     epochs: int = 0
     best_epoch: int = 0
@@ -137,8 +139,11 @@ def fit_model(model: Ranker | torch.nn.Module, graphs: Sequence[CellGraph], targ
         if len(va):
             model.eval()
             with torch.no_grad():
-                vloss = float(loss_fn(_predict(model, va_graphs, form), y[va], config.rank_weight))
-            if vloss < best_loss - 1e-5:
+                # ranking loss only: the goal is the order, and a near-constant prediction can win on MSE
+                vloss = float(ranking_loss(_predict(model, va_graphs, form), y[va]))
+            if epoch + 1 < min(config.min_epochs, config.epochs):
+                pass
+            elif vloss < best_loss - 1e-5:
                 best_loss, best_state, stale = vloss, copy.deepcopy(model.state_dict()), 0
                 report.best_epoch, report.best_valid_loss = epoch + 1, vloss
             else:

@@ -53,7 +53,9 @@ class TreeLSTMRanker(Ranker):
         self.x = _FeatureTable(4 * hidden)  # [W_iou x + b_iou, W_f x + b_f]
         self.u_iou = nn.Linear(hidden, 3 * hidden, bias=False)
         self.u_f = nn.Linear(hidden, hidden, bias=False)
-        self.head = nn.Sequential(nn.Linear(2 * hidden, head), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head, 1))
+        # LayerNorm + GELU: no dead units, so a fit cannot get stuck on a constant prediction
+        self.head = nn.Sequential(nn.LayerNorm(2 * hidden), nn.Linear(2 * hidden, head), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(head, 1))
 
     def sizes(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "head": self.head_size, "dropout": self.dropout}
