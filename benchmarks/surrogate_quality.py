@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", nargs="?", default="benchmarks/data/surrogate_cells.csv")
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--only", default="", help="only these split indices (comma-separated), e.g. to use 2 processes")
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--kinds", default="treelstm,gnn")
     ap.add_argument("--ensemble", type=int, default=1)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     feats = count_features([r.cell for r in records])
     kinds = [k for k in args.kinds.split(",") if k]
     results: dict[str, list[dict]] = {name: [] for name in ["ridge(op counts)", *kinds]}
-    for split in range(args.splits):
+    todo = [int(i) for i in args.only.split(",") if i] or list(range(args.splits))
+    for split in todo:
         perm = np.random.default_rng(1000 + split).permutation(n)
         tr, te = perm[: args.train], perm[args.train:]
         train = [records[i] for i in tr]
