@@ -64,6 +64,13 @@ def op_set(name_or_ops: str | list[str] | frozenset[str]) -> frozenset[str]:
         if name_or_ops in OP_SETS:
             return OP_SETS[name_or_ops]
         raise ConfigError(f"unknown operator set {name_or_ops!r}; expected one of {sorted(OP_SETS)}")
+    if not isinstance(name_or_ops, list | tuple | set | frozenset) or not all(
+        isinstance(op, str) for op in name_or_ops
+    ):
+        raise ConfigError(
+            f"ops must be an operator-set name ({', '.join(sorted(OP_SETS))}) or a list of operator names, "
+            f"got {name_or_ops!r}"
+        )
     unknown = sorted(set(name_or_ops) - set(OPS))
     if unknown:
         raise ConfigError(f"unknown operator(s) {unknown}; known: {sorted(OPS)}")
