@@ -123,18 +123,12 @@ def config_properties(run: dict, train: dict) -> None:
 CONFIGS = (st.dictionaries(RUN_KEYS, VALUES, max_size=4), st.dictionaries(TRAIN_KEYS, VALUES, max_size=4))
 
 
-B5 = pytest.mark.xfail(strict=True, raises=TypeError,
-                       reason="bug B5 in /work/notes/bugs.md: ops of a wrong type is a TypeError, not ConfigError")
-
-
-@B5
 @given(*CONFIGS)
 @example(run={"ops": None}, train={})
 def test_config_fuzz_fast(run, train):
     config_properties(run, train)
 
 
-@B5
 @pytest.mark.slow
 @SLOW
 @given(*CONFIGS)

@@ -165,7 +165,6 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
 
 
 @needs_train
-@pytest.mark.xfail(strict=True, reason="bug B1 in /work/notes/bugs.md: killed before config.yaml => dead end")
 def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):
     """The smallest window: the run folder holds an (empty) archive and nothing else yet."""
     cfg, run = tmp_path / "tiny.yaml", tmp_path / "run"

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pickle
+import random
 import shutil
 import sqlite3
 
@@ -206,7 +207,11 @@ def _model_dir(run):
     return run / "surrogate" / f"gen-{GENERATIONS:04d}"
 
 
-@pytest.mark.parametrize("how", ["other version", "random weights", "random meta", "payload", "payload raw"])
+B6 = pytest.mark.xfail(strict=True, reason="bug B6 in /work/notes/bugs.md: some random bytes escape as IndexError")
+
+
+@pytest.mark.parametrize("how", ["other version", "random weights 0", pytest.param("random weights 2", marks=B6),
+                                 "random meta", "payload", "payload raw"])
 def test_bad_surrogate_in_a_run_is_refused_without_running_it(srun, tmp_path, how):
     run = srun
     folder = _model_dir(run)
@@ -214,8 +219,8 @@ def test_bad_surrogate_in_a_run_is_refused_without_running_it(srun, tmp_path, ho
     if how == "other version":
         meta = json.loads((folder / "meta.json").read_text())
         (folder / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))
-    elif how == "random weights":
-        (folder / "weights.pt").write_bytes(os.urandom(4096))
+    elif how.startswith("random weights"):  # seeded: some random files break the loader (B6), some do not
+        (folder / "weights.pt").write_bytes(random.Random(int(how.split()[-1])).randbytes(4096))
     elif how == "random meta":
         (folder / "meta.json").write_bytes(os.urandom(512))
     else:
@@ -235,6 +240,27 @@ def test_bad_surrogate_in_a_run_is_refused_without_running_it(srun, tmp_path, ho
         else:
             pickle.loads((folder / "weights.pt").read_bytes())
         assert marker.exists()
+
+
+@B6
+def test_any_random_bytes_as_surrogate_weights_are_refused(tmp_path):
+    """300 seeded random weight files (plain, and behind a pickle header): each a SurrogateFormatError."""
+    from evonas.surrogate import persist
+
+    from evonas.errors import SurrogateFormatError
+
+    escaped = []
+    for seed in range(300):
+        r = random.Random(seed)
+        data = r.randbytes(4096) if seed % 2 else b"\x80\x02" + r.randbytes(r.randrange(1, 2000))
+        (tmp_path / "weights.pt").write_bytes(data)
+        try:
+            persist.load_weights(tmp_path)
+        except SurrogateFormatError:
+            continue
+        except Exception as e:  # collected to report every escape at once
+            escaped.append((seed, type(e).__name__))
+    assert not escaped, f"random weight files not refused cleanly: {escaped}"
 
 
 def test_payload_model_is_refused_by_surrogate_rank(srun, tmp_path):

@@ -36,10 +36,8 @@ CONFIG_CASES = [
     ("surrogate: oracle\n", ["surrogate", "'oracle'"]),
     ("cx_prob: 2\n", ["cx_prob", "2"]),
     ("ops: [MM, Foo]\n", ["ops", "Foo"]),
-    pytest.param("ops:\n", ["ops", "None"], marks=pytest.mark.xfail(
-        strict=True, reason="bug B5 in /work/notes/bugs.md: TypeError traceback"), id="ops: (empty)"),
-    pytest.param("ops: [Foo, 1]\n", ["ops", "Foo"], marks=pytest.mark.xfail(
-        strict=True, reason="bug B5 in /work/notes/bugs.md: TypeError traceback"), id="ops: [Foo, 1]"),
+    pytest.param("ops:\n", ["ops", "None"], id="ops: (empty)"),  # bug B5 (fixed)
+    pytest.param("ops: [Foo, 1]\n", ["ops", "Foo"], id="ops: [Foo, 1]"),  # bug B5 (fixed)
     ("filters: 3\n", ["filters", "3"]),
     ("filters: {max_nodes: lots}\n", ["max_nodes", "lots"]),
     ("mutation: {teleport: 1}\n", ["mutation", "'teleport'"]),
