@@ -125,14 +125,16 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
         return EvalResult(cell=label, status="failed", reason=f"build: {type(e).__name__}: {e}",
                           seconds=time.perf_counter() - t0)
     result = EvalResult(cell=label, status="ok", params=count_params(model))
-    loop = _Loop(model, task, config, s, device, result, progress)
+    loop: _Loop | None = None
     try:
+        loop = _Loop(model, task, config, s, device, result, progress)
         loop.run()
     except Diverged as e:
         result.status, result.reason = "diverged", str(e)
     except Exception as e:  # training crashed: a failed evaluation with the message, never a crash of the caller
         result.status, result.reason = "failed", f"training: {type(e).__name__}: {e}"
-    result.steps, result.epochs = loop.step, round(loop.epochs_done(), 4)
+    if loop is not None:
+        result.steps, result.epochs = loop.step, round(loop.epochs_done(), 4)
     result.seconds = time.perf_counter() - t0
     if result.status != "ok":
         result.test_loss = result.test_ppl = None
