@@ -131,7 +131,7 @@ def test_dag_shares_the_t_minus_1_cell_and_sources():
     assert (lstm.src == mem1).sum() == 1 + 1  # read by c_prev at t and by Tanh at t-1
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(cells())
 def test_any_well_formed_cell_unrolls(cell):
     t = T(cell)
@@ -171,7 +171,7 @@ def test_single_cell_graph_is_a_dgl_graph():
     assert len(list(preorder(parse(LSTM)))) < cell_graph(LSTM, "tree").num_nodes()
 
 
-@settings(max_examples=80)
+@settings(max_examples=40)
 @given(styled_texts())
 def test_fast_path_reads_any_spelling_like_the_parser(pair):
     node, text = pair
@@ -186,7 +186,7 @@ def test_fast_path_reads_any_spelling_like_the_parser(pair):
         assert edges == sorted(zip(ref.src, ref.dst, ref.eslot, strict=True))
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.one_of(token_strings(), mutated(GRU), mutated(LSTM)))
 def test_fast_path_never_accepts_what_the_parser_refuses(text):
     try:
