@@ -226,6 +226,8 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
         reply = call_job(fn, Job.from_dict(msg))
         try:
             conn.send(reply)
+        except OSError:  # BrokenPipeError: the parent is gone (killed); exit quietly, nobody is listening
+            return
         except (TypeError, AttributeError, ValueError, pickle.PicklingError) as exc:  # unpicklable result
             conn.send(("failed", f"result cannot be sent back: {describe_exception(exc)}", 0.0))
 
