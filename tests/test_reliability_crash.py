@@ -33,8 +33,8 @@ except ImportError:
 
 needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="evonas.train has not landed yet")
 
-GENERATIONS = 3
-# A tiny real search: 3 seeds + 4 initial + 3 x 3 offspring = 16 evaluations, each a few training steps.
+GENERATIONS = 4
+# A tiny real search: 3 seeds + 4 initial + 4 x 3 offspring = 19 evaluations, each a few training steps.
 # The third seed blows up (h_t = MM(x) + 1000 h_{t-1} overflows, then inf - inf = NaN): a real diverged cell.
 CONFIG = f"""
 generations: {GENERATIONS}
@@ -47,9 +47,12 @@ surrogate: treelstm
 seed_cells: [tanh_rnn, gru, "Add(MM(x),Div(h_prev,Sub(h_prev,h_prev)))"]
 train: {{hidden: 8, steps: 8}}
 """
-# Kills in order: "ext" = SIGKILL from outside after a random delay, else a kill point in the process.
-PLAN = ["archive-add:2", "ext", "surrogate-fit:1", "ext", "checkpoint-write:1", "ext", "archive-add:3",
-        "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1", "ext", "surrogate-fit:2", "ext"]
+# Kills in order: "ext" = SIGKILL from outside at a random moment once the run is under way, "ext-train" =
+# from outside at a random moment soon after a new evaluation arrived (workers busy training), else a kill
+# point inside the process.
+PLAN = ["archive-add:2", "ext-train", "surrogate-fit:1", "ext", "checkpoint-write:1", "ext-train",
+        "archive-add:3", "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1", "ext-train",
+        "surrogate-fit:2", "ext"]
 MAX_ATTEMPTS = 40
 
 
@@ -97,13 +100,14 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
            "EVONAS_REL_FIT_EPOCHS": "30"}
     seen: dict[str, dict] = {}
     kills: list[str] = []
+    where: list[str] = []  # what the run had printed last when it was killed (shown with pytest -s)
     finished = False
     log = tmp_path / "output.txt"
     for attempt in range(MAX_ATTEMPTS):
         arm = PLAN[attempt] if attempt < len(PLAN) else None
         started = (run / "config.yaml").exists()
         args = ["resume", str(run)] if started else ["evolve", "--config", str(cfg), "--out", str(run)]
-        point_env = {"EVONAS_REL_KILL": arm} if arm not in (None, "ext") else {}
+        point_env = {"EVONAS_REL_KILL": arm} if arm and not arm.startswith("ext") else {}
         with open(log, "a") as out:
             out.write(f"\n=== attempt {attempt}: {' '.join(args)} (kill {arm}) ===\n")
             out.flush()
@@ -116,6 +120,14 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                         time.sleep(0.05)
                     try:
                         proc.wait(rng.uniform(0.2, 4.0))
+                    except subprocess.TimeoutExpired:
+                        proc.send_signal(signal.SIGKILL)
+                elif arm == "ext-train":  # soon after a newly trained cell is archived: the others are training
+                    rows = len(snapshot(run))
+                    while proc.poll() is None and len(snapshot(run)) == rows:
+                        time.sleep(0.1)
+                    try:
+                        proc.wait(rng.uniform(0.05, 1.0))
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
                 code = proc.wait(240)
@@ -137,9 +149,15 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
             finished = True
             break
         kills.append(arm)
+        tail = [ln for ln in output.splitlines() if ln.strip()][-1]
+        where.append(f"{arm:<20} last output: {tail[:100]}")
+    print(f"\n{len(kills)} kills (seed {seed}):\n" + "\n".join(where))
     assert finished, f"the run did not finish after {MAX_ATTEMPTS} attempts (seed {seed})"
     assert len(kills) >= 10, f"only {len(kills)} kills happened: {kills} (seed {seed})"
     assert {"archive-add:2", "surrogate-fit:1", "checkpoint-write:1", "surrogate-save:1"} <= set(kills)
+
+    # A kill leaves no tracebacks behind (e.g. from workers finding their parent gone).
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
     # No completed evaluation was trained again: every result that reached the archive was new.
     lines = journal.read_text().split("\n")
