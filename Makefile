@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: run test lint setup
+.PHONY: run test test-slow lint setup
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/evonas evolve $(ARGS)
 
+# The fast suite (under 10 minutes on 2 cores); `make test-slow` adds the long reliability checks
+# (crash-resume loop, 10,000-example fuzzing). CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=5 -m slow $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
