@@ -171,7 +171,11 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
     assert state["next_gen"] == GENERATIONS + 1
     book = [json.loads(line) for line in (run / "logbook.jsonl").read_text().splitlines()]
     assert [e["gen"] for e in book] == list(range(GENERATIONS + 1))
-    assert sum(e["trained"] for e in book) == len(seen) == len({ln for ln in lines if ln.startswith("new ")})
+    assert sum(e["trained"] for e in book) == len(seen)
+    # The journal line is written just after the archive commit, so a kill in between may drop it (never more
+    # than one per kill); every journalled cell is in the archive.
+    journalled = {ln[4:] for ln in lines if ln.startswith("new ")}
+    assert journalled <= set(seen) and len(seen) - len(journalled) <= len(kills)
     ok = {k for k, m in seen.items() if m["status"] == "ok" and m.get("valid_loss") is not None}
     for ind in state["population"] + state["hall_of_fame"]:
         assert ind["key"] in ok and ind["fitness"][0] == seen[ind["key"]]["valid_loss"]
