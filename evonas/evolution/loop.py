@@ -203,6 +203,7 @@ class Search:
         tau = None
         if predicted is not None:
             tau = scr.kendall_tau(predicted, [results[i.key].get("valid_loss") for i in chosen])
+            info["predicted"] = {i.key: p for i, p in zip(chosen, predicted, strict=True)}  # for `evonas report`
         if self.screen is not None:
             try:
                 scr.learn(self.screen, self._records(before=g + 1))
