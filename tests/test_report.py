@@ -222,3 +222,16 @@ def test_cells_show_out_svg_and_png(tmp_path):
         assert result.exit_code == 0, result.output
     assert "<svg" in (tmp_path / "c.svg").read_text()
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predictions_from_the_logbook(tmp_path):
+    """Without the recording wrapper, the search's own logbook (`predicted`) pairs predictions with results."""
+    cfg = RunConfig.from_dict(dict(generations=2, population=5, offspring=4, seed=2, seed_cells=[]))
+    Search(cfg, tmp_path, evaluator=Inline(), screen=SizeScreen(), budget=BUDGET, stdout=io.StringIO(),
+           stderr=io.StringIO()).run()
+    assert not (tmp_path / "predictions.jsonl").exists()
+    data = load_run(tmp_path)
+    assert data.predictions and all(p == pytest.approx(1.0 + 0.02 * node_count(parse(k)))
+                                    for k, p in data.predictions.items())
+    assert set(prediction_pairs(data)) <= {1, 2} and prediction_pairs(data)
+    assert "per-cell surrogate predictions are not recorded" not in write_report(tmp_path).read_text()
