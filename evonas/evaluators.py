@@ -213,7 +213,10 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
     except Exception as exc:  # reported to the parent, which stops spawning workers
         conn.send(("fatal", f"cannot load job function: {describe_exception(exc)}"))
         return
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:  # BrokenPipeError: the parent was killed while this worker started; exit quietly
+        return
     while True:
         try:
             msg = conn.recv()
