@@ -50,9 +50,9 @@ train: {{hidden: 8, steps: 8}}
 # Kills in order: "ext" = SIGKILL from outside at a random moment once the run is under way, "ext-train" =
 # from outside at a random moment soon after a new evaluation arrived (workers busy training), else a kill
 # point inside the process.
-PLAN = ["archive-add:2", "ext-train", "surrogate-fit:1", "ext", "checkpoint-write:1", "ext-train",
+PLAN = ["archive-add:2", "ext-train", "surrogate-fit:1", "ext", "checkpoint-write:1", "archive-add:1", "ext-train",
         "archive-add:3", "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1", "ext-train",
-        "surrogate-fit:2", "ext"]
+        "surrogate-fit:2", "archive-add:1", "ext"]
 MAX_ATTEMPTS = 40
 
 
@@ -119,7 +119,7 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                     while proc.poll() is None and log.stat().st_size == size:
                         time.sleep(0.05)
                     try:
-                        proc.wait(rng.uniform(0.2, 4.0))
+                        proc.wait(rng.uniform(0.2, 2.0))
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
                 elif arm == "ext-train":  # soon after a newly trained cell is archived: the others are training
@@ -127,7 +127,7 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                     while proc.poll() is None and len(snapshot(run)) == rows:
                         time.sleep(0.1)
                     try:
-                        proc.wait(rng.uniform(0.05, 1.0))
+                        proc.wait(rng.uniform(0.05, 0.5))
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
                 code = proc.wait(240)
