@@ -141,7 +141,6 @@ def test_bad_checkpoint_falls_back_to_the_previous_one(run, how):
     assert load_checkpoint(run)["next_gen"] == GENERATIONS + 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug B2 in /work/notes/bugs.md: resume silently restarts at generation 0")
 def test_both_checkpoints_bad_is_one_error_naming_both(run):
     damage(run / CHECKPOINT, "truncate")
     damage(run / PREVIOUS, "garble")
@@ -149,7 +148,6 @@ def test_both_checkpoints_bad_is_one_error_naming_both(run):
     rj.assert_one_line_error(proc, str(run / CHECKPOINT), str(run / PREVIOUS), alone=False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B2 in /work/notes/bugs.md: resume silently restarts at generation 0")
 def test_checkpoint_of_another_version_is_refused(run):
     state = json.loads((run / CHECKPOINT).read_text())
     (run / CHECKPOINT).write_text(json.dumps({**state, "format_version": 99}))

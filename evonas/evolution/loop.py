@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from evonas.archive import Archive, json_safe
 from evonas.cells import Node, canonical_text, parse, to_text
-from evonas.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from evonas.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluators import Evaluator, Job
 from evonas.evolution import screen as scr
@@ -108,11 +108,11 @@ class Search:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(f"no run folder at {run_dir}")
-        try:
+        has_checkpoint = (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS).exists()
+        if has_checkpoint or not (run_dir / CONFIG_COPY).exists():
+            # Bad checkpoint files are an error, never a silent restart: that would rewind the run.
             state: dict | None = load_checkpoint(run_dir)
-        except CheckpointError:
-            if not (run_dir / CONFIG_COPY).exists():
-                raise
+        else:
             state = None  # stopped during generation 0: start over, looking results up in the archive
         cfg_dict = state["config"] if state else RunConfig.load(run_dir / CONFIG_COPY).to_dict()
         for k, v in (overrides or {}).items():
