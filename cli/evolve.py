@@ -108,6 +108,7 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **o
     if seed_cells is not None:
         overrides["seed_cells"] = [s.strip() for s in seed_cells.split(",") if s.strip()]
     cfg = RunConfig.load(config_file, overrides)
+    _check_data(cfg)
     run_dir = Path(out or cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
@@ -116,6 +117,16 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **o
     search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed))
     best = search.run()
     _summary(best)
+
+
+def _check_data(cfg: Any) -> None:
+    """Load the task's data once before anything is trained: a bad path or format is one DataError, not a
+    search in which every cell fails."""
+    if cfg.task == "synthetic":
+        return  # generated in code, nothing to check
+    from evonas.tasks import get_task
+
+    get_task(cfg.task, cfg.data, cfg.train.get("level", "word"))
 
 
 @click.command()

@@ -149,8 +149,6 @@ def test_bad_data_through_train_is_one_line_naming_the_file(tmp_path, case):
     rj.assert_one_line_error(proc, *fragments)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B4 in /work/notes/bugs.md: evolve does not check the data before "
-                                       "training; every cell fails and the run exits 0")
 @pytest.mark.parametrize("case", ["missing folder", "empty folder", "music not json"])
 def test_bad_data_through_evolve_is_one_line_before_any_training(tmp_path, case):
     task, path, fragments = data_case(tmp_path, case)
