@@ -154,14 +154,9 @@ def test_checkpoint_of_another_version_is_refused(run):
     rj.assert_one_line_error(rj.run_cli("resume", str(run)), str(run / CHECKPOINT), "version 99", alone=False)
 
 
-B3 = "bug B3 in /work/notes/bugs.md: "
-
-
 @pytest.mark.parametrize("change", [
     "drop population", "bad cell",
-    pytest.param("ill-formed cell", marks=pytest.mark.xfail(strict=True, reason=B3 + "ill-formed cell accepted")),
-    pytest.param("bad rng", marks=pytest.mark.xfail(strict=True, reason=B3 + "message names no file")),
-    pytest.param("bad config", marks=pytest.mark.xfail(strict=True, reason=B3 + "message names no file")),
+    "ill-formed cell", "bad rng", "bad config",
 ])
 def test_checkpoint_with_a_bad_state_is_one_clear_error(run, change):
     state = json.loads((run / CHECKPOINT).read_text())

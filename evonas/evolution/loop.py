@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evonas.archive import Archive, json_safe
-from evonas.cells import Node, canonical_text, parse, to_text
+from evonas.cells import Node, canonical_text, check, parse, to_text
 from evonas.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluators import Evaluator, Job
@@ -118,15 +118,19 @@ class Search:
         for k, v in (overrides or {}).items():
             if v is not None:
                 cfg_dict[k] = v
-        search = cls(RunConfig.from_dict(cfg_dict, where=f"{run_dir} config"), run_dir, evaluator, screen,
-                     budget, **kw)
+        try:
+            cfg = RunConfig.from_dict(cfg_dict, where=f"{run_dir} config")
+        except ConfigError as e:
+            source = "checkpoint" if state else CONFIG_COPY
+            raise ConfigError(f"config of the run in {run_dir} ({source} or overrides): {e}") from None
+        search = cls(cfg, run_dir, evaluator, screen, budget, **kw)
         search.resumed = True
         if state:
             search._restore(state)
         return search
 
     def _individual(self, d: dict):
-        ind = make_individual(parse(d["cell"]), self.tb.pset)
+        ind = make_individual(check(parse(d["cell"])), self.tb.pset)
         set_fitness(ind, *(d.get("fitness") or (None, None)))
         return ind
 
@@ -139,7 +143,7 @@ class Search:
             self.next_gen = int(state["next_gen"])
             self.elapsed = float(state.get("elapsed", 0.0))
             restore_rng(state["rng"], self.rng)
-        except (KeyError, TypeError, ValueError, CellSyntaxError) as e:
+        except (KeyError, TypeError, ValueError, CellSyntaxError, CellError, CheckpointError) as e:
             raise CheckpointError(f"checkpoint in {self.dir} is incomplete: {type(e).__name__}: {e}") from None
         rewrite_logbook(self.dir, self.logbook)
 
