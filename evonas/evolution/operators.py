@@ -130,8 +130,8 @@ def gen_ramped(n: int, pset: gp.PrimitiveSet, rng: random.Random, filters: Filte
 
 # ---------------------------------------------------------------- limits (decorators, as gp.staticLimit)
 
-def static_limit(key: Callable, max_value: int) -> Callable:
-    """Decorator: a child over `max_value` (by `key`) is replaced by a copy of its own parent (argument i)."""
+def _replace_rejected(reject: Callable) -> Callable:
+    """Decorator factory: each child for which `reject(child)` holds is replaced by a copy of its parent."""
 
     def decorator(func: Callable) -> Callable:
         @wraps(func)
@@ -139,31 +139,23 @@ def static_limit(key: Callable, max_value: int) -> Callable:
             keep = [copy.deepcopy(a) for a in args]
             new = list(func(*args, **kwargs))
             for i, ind in enumerate(new):
-                if key(ind) > max_value:
+                if reject(ind):
                     new[i] = keep[min(i, len(keep) - 1)]
             return tuple(new)
 
         return wrapper
 
     return decorator
+
+
+def static_limit(key: Callable, max_value: int) -> Callable:
+    """Decorator: a child over `max_value` (by `key`) is replaced by a copy of its own parent (argument i)."""
+    return _replace_rejected(lambda ind: key(ind) > max_value)
 
 
 def well_formed(pset: gp.PrimitiveSet) -> Callable:
     """Decorator: a child that is not a well-formed cell is replaced by a copy of its parent."""
-
-    def decorator(func: Callable) -> Callable:
-        @wraps(func)
-        def wrapper(*args, **kwargs):
-            keep = [copy.deepcopy(a) for a in args]
-            new = list(func(*args, **kwargs))
-            for i, ind in enumerate(new):
-                if not is_well_formed(to_node(ind)):
-                    new[i] = keep[min(i, len(keep) - 1)]
-            return tuple(new)
-
-        return wrapper
-
-    return decorator
+    return _replace_rejected(lambda ind: not is_well_formed(to_node(ind)))
 
 
 def _ok(items: list) -> bool:
