@@ -56,6 +56,8 @@ def train_budget(task: str, data: str | None, seed: int, args: argparse.Namespac
         d["steps"] = args.steps
     else:
         d["epochs"] = args.jsb_epochs
+        if args.jsb_lr:
+            d["lr"] = args.jsb_lr
         if args.jsb_steps:
             d["steps"] = args.jsb_steps
     if args.hidden:
@@ -66,7 +68,8 @@ def train_budget(task: str, data: str | None, seed: int, args: argparse.Namespac
 def budget_text(task: str, args: argparse.Namespace) -> str:
     """The per-cell training budget of a task, in words."""
     text = f"{args.steps} steps" if task == "synthetic" else (
-        f"{args.jsb_epochs} epoch(s)" + (f" capped at {args.jsb_steps} steps" if args.jsb_steps else ""))
+        f"{args.jsb_epochs} epoch(s)" + (f" capped at {args.jsb_steps} steps" if args.jsb_steps else "")
+        + (f", lr {args.jsb_lr:g}" if args.jsb_lr else ", the task's default lr"))
     return text + (f", hidden {args.hidden}" if args.hidden else ", task default hidden")
 
 
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offspring", type=int, default=8, help="cells per later batch")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1500, help="training steps per cell on synthetic")
-    p.add_argument("--jsb-epochs", type=int, default=5, help="training epochs per cell on JSB")
+    p.add_argument("--jsb-epochs", type=int, default=10, help="training epochs per cell on JSB")
+    p.add_argument("--jsb-lr", type=float, default=1e-2,
+                   help="Adam lr on JSB (0: the task default 3e-3; 1e-2 is the tuned LSTM lr of benchmarks/jsb.py)")
     p.add_argument("--jsb-steps", type=int, default=0, help="also cap JSB training at this many steps (0: no cap)")
     p.add_argument("--hidden", type=int, default=0, help="hidden size (0: the task's default)")
     p.add_argument("--surrogate", default="treelstm", choices=["treelstm", "gnn"])
