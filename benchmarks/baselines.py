@@ -7,7 +7,8 @@ closest to the target, found by binary search; a cell that cannot get within --t
 Equal budget: the same TrainConfig (steps/epochs, optimiser, ...) and the same seeds for every cell.
 
 Example (what fits a shared 2-core machine; state the budget with the table):
-  .venv/bin/python benchmarks/baselines.py --task music --epochs 1 --seeds 3 --out /work/notes/baselines_jsb.md
+  .venv/bin/python benchmarks/baselines.py --task music --epochs 30 --lr 0.01 --dropout 0.2 --hidden 64 --seeds 3 \
+      --workers 2 --out baselines_jsb.md
 """
 
 from __future__ import annotations
@@ -103,13 +104,34 @@ def train_many(jobs: list[Job], workers: int, timeout: float | None,
     return out
 
 
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """The training options every run of a comparison shares (also used by best_vs_lstm.py)."""
+    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="what --seconds measures")
+    p.add_argument("--lr", type=float, default=0.0, help="learning rate (0: the task default)")
+    p.add_argument("--batch-size", type=int, default=0, help="batch size (0: the task default)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the cell's inputs and outputs")
+
+
 def base_config(args: argparse.Namespace) -> dict:
-    """The shared TrainConfig dict (without hidden and seed)."""
-    d: dict = {"task": args.task, "data": args.data if args.task != "synthetic" else None, "device": "cpu"}
-    for k in ("epochs", "steps", "seconds"):
+    """The shared TrainConfig dict (without hidden and seed); test loss is always measured."""
+    d: dict = {"task": args.task, "data": args.data if args.task != "synthetic" else None, "device": "cpu",
+               "test": True, "clock": args.clock}
+    for k in ("epochs", "steps", "seconds", "lr", "batch_size"):
         if getattr(args, k):
             d[k] = getattr(args, k)
+    if args.dropout:
+        d["dropout_in"] = d["dropout_out"] = args.dropout
     return d
+
+
+def budget_text(base: dict) -> str:
+    """The shared budget and optimiser settings, in words."""
+    keys = ("epochs", "steps", "seconds", "clock", "lr", "batch_size", "dropout_in")
+    shown = [k for k in keys if k in base and (k != "clock" or "seconds" in base)]
+    return ", ".join(f"{k.replace('_in', '')} {base[k]}" for k in shown)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,9 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="music", choices=["synthetic", "music", "text"])
     p.add_argument("--data", default=str(DEFAULT_JSB), help="data path (default: JSB Chorales in ../shared/data)")
-    p.add_argument("--epochs", type=int, default=0)
-    p.add_argument("--steps", type=int, default=0)
-    p.add_argument("--seconds", type=float, default=0.0)
+    add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size that fixes the target (0: task default)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--cells", default="", help="comma list of library names (default: the whole library)")
@@ -150,21 +170,25 @@ def main(argv: list[str] | None = None) -> None:
         key = canonical_text(lib[n].cell)
         rs = [res[(key, s)] for s in range(args.seeds)]
         ok = [r["valid_loss"] for r in rs if r["status"] == "ok" and r["valid_loss"] is not None]
+        tests = [r["test_loss"] for r in rs if r["status"] == "ok" and r.get("test_loss") is not None]
         m, sd = mean_sd(ok) if ok else (math.inf, 0.0)
         rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], "mean": m, "sd": sd, "losses": ok,
+                     "test": mean_sd(tests) if tests else None,
                      "failed": len(rs) - len(ok), "seconds": statistics.fmean(r["seconds"] for r in rs),
                      "reasons": sorted({r["reason"] for r in rs if r["status"] != "ok"})})
     total = sum(r["seconds"] for r in res.values())
     rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
-    budget = ", ".join(f"{k} {v}" for k, v in base.items() if k in ("epochs", "steps", "seconds")) or "task default"
+    budget = budget_text(base) or "task default"
     lines = [f"Library cells on `{args.task}`"
              f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget} per run, "
              f"{args.seeds} seeds (0..{args.seeds - 1}), parameters matched to the LSTM at hidden {lstm_hidden} "
              f"({target:,} parameters, tolerance {args.tolerance:.0%}). Validation loss (nats per token; per time "
-             f"step for music), mean ± sample sd over seeds. Training time {total / 60:.0f} min summed over runs "
+             f"step for music), mean ± sample sd over seeds, ranked by validation loss; test loss alongside. "
+             f"Training time {total / 60:.0f} min summed over runs "
              "(shared 2-core CPU, 1 thread per run).", "",
-             "| rank | cell | hidden | params (vs LSTM) | valid loss mean ± sd | min..max | failed | s/run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| rank | cell | hidden | params (vs LSTM) | valid loss mean ± sd | min..max | test loss mean ± sd "
+             "| failed | s/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     first: dict[str, str] = {}
     for n in names:
         first.setdefault(canonical_text(lib[n].cell), n)
@@ -176,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         flag = "" if abs(dev) <= args.tolerance else " **outside tolerance**"
         loss = f"{r['mean']:.4f} ± {r['sd']:.4f}" if r["losses"] else "–"
         rng = f"{min(r['losses']):.4f}..{max(r['losses']):.4f}" if r["losses"] else "–"
+        test = f"{r['test'][0]:.4f} ± {r['test'][1]:.4f}" if r["test"] else "–"
         fail = f"{r['failed']}" + (f" ({'; '.join(r['reasons'])[:80]})" if r["failed"] else "")
         lines.append(f"| {i} | {r['name']} | {r['hidden']} | {r['params']:,} ({dev:+.1%}){flag} | {loss} | {rng} | "
-                     f"{fail} | {r['seconds']:.0f} |")
+                     f"{test} | {fail} | {r['seconds']:.0f} |")
     lines += ["", f"Command: `{' '.join(sys.argv)}`"]
     text = "\n".join(lines) + "\n"
     print(text)

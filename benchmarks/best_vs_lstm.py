@@ -2,13 +2,14 @@
 the LSTM, under the same budget and the same seeds, and print both with spread and the paired difference.
 
 The cell is a cell text, a library name, or a run folder (its best non-seed cell from best_cells.json).
-Verdict rule (stated with the numbers): the cell "beats LSTM" only when it has the lower validation loss
-with every seed (paired by seed); otherwise "does not beat LSTM". X ± Y is the mean ± sample sd of the
-per-seed differences LSTM - cell (positive = the cell is better).
+Verdict rule (stated with the numbers): the cell "beats LSTM" only when it has the lower test loss with every
+seed (paired by seed; the test split plays no part in the search); otherwise "does not beat LSTM". X ± Y is the
+mean ± sample sd of the per-seed differences LSTM - cell (positive = the cell is better). Validation loss is
+printed too.
 
 Example:
-  .venv/bin/python benchmarks/best_vs_lstm.py /work/notes/search_efficiency/jsb/evo+sur/seed0 \
-      --task music --epochs 1 --seeds 100,101,102
+  .venv/bin/python benchmarks/best_vs_lstm.py search_efficiency_out/jsb/evo+sur/seed0 --task music \
+      --hidden 126 --seconds 180 --clock cpu --lr 0.01 --dropout 0.2 --batch-size 8 --seeds 100,101,102
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import statistics
 import sys
 from pathlib import Path
 
-from baselines import DEFAULT_JSB, base_config, default_hidden, match_hidden, param_count, train_many
+from baselines import (
+    DEFAULT_JSB,
+    add_budget_args,
+    base_config,
+    budget_text,
+    default_hidden,
+    match_hidden,
+    param_count,
+    train_many,
+)
 
 from evonas.cells import canonical_text, to_text
 from evonas.cells.library import library, resolve
@@ -48,9 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("cell", help="cell text, library name, or run folder (uses its best non-seed cell)")
     p.add_argument("--task", default="music", choices=["synthetic", "music", "text"])
     p.add_argument("--data", default=str(DEFAULT_JSB))
-    p.add_argument("--epochs", type=int, default=0)
-    p.add_argument("--steps", type=int, default=0)
-    p.add_argument("--seconds", type=float, default=0.0)
+    add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size (0: the task default)")
     p.add_argument("--seeds", default="100,101,102", help="fresh training seeds (not the search's)")
     p.add_argument("--workers", type=int, default=1)
@@ -73,25 +81,28 @@ def main(argv: list[str] | None = None) -> None:
             jobs.append(Job(key=f"{name}:{canonical_text(n)}", cell=to_text(n), config=conf))
     res = train_many(jobs, args.workers, args.timeout, args.cache or None)
 
-    def losses(name: str, n) -> list[float | None]:
+    def losses(name: str, n, split: str) -> list[float | None]:
         rs = [res[(f"{name}:{canonical_text(n)}", s)] for s in seeds]
-        return [r["valid_loss"] if r["status"] == "ok" else None for r in rs]
+        return [r[f"{split}_loss"] if r["status"] == "ok" else None for r in rs]
 
-    lc, ll = losses("cell", node), losses("lstm", lstm)
+    lc, ll = losses("cell", node, "test"), losses("lstm", lstm, "test")
+    vc, vl = losses("cell", node, "valid"), losses("lstm", lstm, "valid")
 
     def ms(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}" if xs else "–"
 
     diffs = [b - a for a, b in zip(lc, ll, strict=True) if a is not None and b is not None]
-    budget = ", ".join(f"{k} {v}" for k, v in base.items() if k in ("epochs", "steps", "seconds")) or "task default"
+    budget = budget_text(base) or "task default"
     lines = [f"Cell ({label}): `{canonical_text(node)}`",
              f"Task {args.task}, budget {budget}, seeds {seeds}; LSTM hidden {lstm_hidden} ({target:,} params), "
              f"cell hidden {hidden} ({params:,} params, {(params - target) / target:+.1%}).",
-             f"- cell: valid loss {ms([x for x in lc if x is not None])}  per seed {lc}",
-             f"- LSTM: valid loss {ms([x for x in ll if x is not None])}  per seed {ll}",
-             f"- LSTM - cell (paired by seed): {ms(diffs)}  per seed {[round(d, 4) for d in diffs]}"]
+             f"- cell: test loss {ms([x for x in lc if x is not None])}  per seed {lc}",
+             f"- LSTM: test loss {ms([x for x in ll if x is not None])}  per seed {ll}",
+             f"- LSTM - cell, test loss (paired by seed): {ms(diffs)}  per seed {[round(d, 4) for d in diffs]}",
+             f"- validation loss (the search's selection set): cell {ms([x for x in vc if x is not None])}, "
+             f"LSTM {ms([x for x in vl if x is not None])}"]
     if len(diffs) == len(seeds) and all(d > 0 for d in diffs):
-        verdict = f"beats LSTM by {ms(diffs)} (lower validation loss with every seed)"
+        verdict = f"beats LSTM by {ms(diffs)} (lower test loss with every seed)"
     else:
         verdict = "does not beat LSTM" + (f" (difference {ms(diffs)}; better with {sum(d > 0 for d in diffs)}"
                                           f" of {len(seeds)} seeds)" if diffs else " (no paired results)")
