@@ -21,8 +21,9 @@ def test_list_prints_a_row_per_library_cell():
     result = run("cells", "list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:4] == ["name", "nodes", "height", "filters"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert lines[0].startswith("filters with max_nodes 21, max_height 10"), lines[0]
+    assert lines[1].split()[:4] == ["name", "nodes", "height", "filters"]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == set(library())
     assert rows["tanh_rnn"][1:4] == ["6", "3", "yes"]
     assert rows["lstm"][1:4] == ["31", "8", "no"]
@@ -95,3 +96,18 @@ def test_debug_flag_adds_a_traceback():
     result = run("--debug", "cells", "show", "Tanh(")
     assert result.exit_code == 2
     assert "Traceback" in result.stderr and result.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_limits_are_options_and_the_search_default_lets_the_lstm_pass():
+    """`cells show/list --max-nodes 36` give the verdicts the default search (max_nodes 36) would give."""
+    shown = run("cells", "show", "lstm", "--max-nodes", "36", "--json")
+    assert shown.exit_code == 0, shown.output
+    facts = json.loads(shown.stdout)
+    assert facts["limits"] == {"max_nodes": 36, "max_height": 10}
+    assert all(f["passed"] for f in facts["filters"]), facts["filters"]
+    listed = json.loads(run("cells", "list", "--max-nodes", "36", "--json").stdout)
+    assert {r["name"]: r["filters"] for r in listed}["lstm"] is True
+    low = json.loads(run("cells", "show", "gru", "--max-height", "3", "--json").stdout)
+    assert [f["rule"] for f in low["filters"] if not f["passed"]] == ["max_height"]
+    bad = run("cells", "show", "lstm", "--max-nodes", "0")
+    assert bad.exit_code == 2 and "--max-nodes" in bad.output
