@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
 
 import pytest
 from click.testing import CliRunner
 from evonas.cli.main import cli
+from fake_training import FakeResult, Inline
 
 from evonas.archive import Archive
 from evonas.cells import node_count, parse
 from evonas.errors import CheckpointError
-from evonas.evaluators import Evaluator, Job
+from evonas.evaluators import Job
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
 from evonas.report import (
@@ -32,39 +31,6 @@ from evonas.report import (
 )
 
 BUDGET = {"task": "fake", "steps": 1}
-
-
-@dataclass
-class FakeResult:
-    cell: str
-    status: str = "ok"
-    reason: str = ""
-    valid_loss: float | None = None
-    params: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def fake_train(key: str) -> FakeResult:
-    """Deterministic pseudo-loss from the cell text; some cells diverge, some time out."""
-    h = int(hashlib.sha256(key.encode()).hexdigest(), 16)
-    n = node_count(parse(key))
-    if h % 7 == 0:
-        return FakeResult(key, "diverged", f"loss is nan at step {h % 97}")
-    if h % 11 == 0:
-        return FakeResult(key, "failed", f"timed out after {h % 50 + 10} s")
-    return FakeResult(key, "ok", "", 1.0 + (h % 1000) / 1000 + 0.01 * n, n * 10)
-
-
-class Inline(Evaluator):
-    def run(self, jobs, on_result):
-        for job in jobs:
-            on_result(job, fake_train(job.key))
-
-    def close(self):
-        pass
 
 
 class SizeScreen:
@@ -82,7 +48,7 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = RunConfig.from_dict(dict(generations=3, population=6, offspring=5, seed=1,
                                    seed_cells=["tanh_rnn", "lstm", "gru"], surrogate="none"))
-    Search(cfg, run, evaluator=Inline(), screen=RecordingScreen(SizeScreen(), run), budget=BUDGET,
+    Search(cfg, run, evaluator=Inline(timeouts=True), screen=RecordingScreen(SizeScreen(), run), budget=BUDGET,
            stdout=io.StringIO(), stderr=io.StringIO()).run()
     return run
 
@@ -227,7 +193,7 @@ def test_cells_show_out_svg_and_png(tmp_path):
 def test_predictions_from_the_logbook(tmp_path):
     """Without the recording wrapper, the search's own logbook (`predicted`) pairs predictions with results."""
     cfg = RunConfig.from_dict(dict(generations=2, population=5, offspring=4, seed=2, seed_cells=[]))
-    Search(cfg, tmp_path, evaluator=Inline(), screen=SizeScreen(), budget=BUDGET, stdout=io.StringIO(),
+    Search(cfg, tmp_path, evaluator=Inline(timeouts=True), screen=SizeScreen(), budget=BUDGET, stdout=io.StringIO(),
            stderr=io.StringIO()).run()
     assert not (tmp_path / "predictions.jsonl").exists()
     data = load_run(tmp_path)

@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
 
 import pytest
+from fake_training import Inline
 
 from evonas.cells import node_count, parse, passes_filters
 from evonas.checkpoint import load_checkpoint
 from evonas.errors import ConfigError
-from evonas.evaluators import Evaluator
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
 
 BUDGET = {"task": "fake", "steps": 1}
-
-
-@dataclass
-class FakeResult:
-    cell: str
-    status: str = "ok"
-    reason: str = ""
-    valid_loss: float | None = None
-    params: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def fake_train(key: str) -> FakeResult:
-    """Deterministic pseudo-loss from the cell text; one cell in seven diverges."""
-    h = int(hashlib.sha256(key.encode()).hexdigest(), 16)
-    n = node_count(parse(key))
-    if h % 7 == 0:
-        return FakeResult(key, "diverged", "loss is nan")
-    return FakeResult(key, "ok", "", 1.0 + (h % 1000) / 1000 + 0.01 * n, n * 10)
-
-
-class Inline(Evaluator):
-    """Evaluates in the calling process; optionally raises after `crash_after` results (a simulated kill)."""
-
-    def __init__(self, crash_after: int | None = None):
-        self.calls: list[str] = []
-        self.crash_after = crash_after
-
-    def run(self, jobs, on_result):
-        for job in jobs:
-            if self.crash_after is not None and len(self.calls) >= self.crash_after:
-                raise KeyboardInterrupt
-            self.calls.append(job.key)
-            on_result(job, fake_train(job.key))
-
-    def close(self):
-        pass
 
 
 class SizeScreen:

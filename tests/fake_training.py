@@ -1,0 +1,56 @@
+"""A fast deterministic stand-in for training (no torch), shared by the search and report tests.
+
+`fake_train(key)` derives a pseudo-loss from the cell text: one cell in seven diverges; with `timeouts`, one in
+eleven also fails with a time-out; `Inline` evaluates jobs in the calling process with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+from evonas.cells import node_count, parse
+from evonas.evaluators import Evaluator
+
+
+@dataclass
+class FakeResult:
+    cell: str
+    status: str = "ok"
+    reason: str = ""
+    valid_loss: float | None = None
+    params: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fake_train(key: str, timeouts: bool = False) -> FakeResult:
+    """Deterministic pseudo-loss from the cell text (smaller cells a little better); some cells fail."""
+    h = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+    n = node_count(parse(key))
+    if h % 7 == 0:
+        return FakeResult(key, "diverged", f"loss is nan at step {h % 97}" if timeouts else "loss is nan")
+    if timeouts and h % 11 == 0:
+        return FakeResult(key, "failed", f"timed out after {h % 50 + 10} s")
+    return FakeResult(key, "ok", "", 1.0 + (h % 1000) / 1000 + 0.01 * n, n * 10)
+
+
+class Inline(Evaluator):
+    """Evaluates in the calling process; optionally raises after `crash_after` results (a simulated kill)."""
+
+    def __init__(self, crash_after: int | None = None, timeouts: bool = False):
+        self.calls: list[str] = []
+        self.crash_after = crash_after
+        self.timeouts = timeouts
+
+    def run(self, jobs, on_result):
+        for job in jobs:
+            if self.crash_after is not None and len(self.calls) >= self.crash_after:
+                raise KeyboardInterrupt
+            self.calls.append(job.key)
+            on_result(job, fake_train(job.key, self.timeouts))
+
+    def close(self):
+        pass
