@@ -20,14 +20,15 @@ import statistics
 import sys
 from pathlib import Path
 
+from _common import JSB
+
 from evonas.cells import Node, canonical_text, to_text
 from evonas.evaluators import Job, LocalEvaluator
 from evonas.model import CellModel, count_params
 from evonas.tasks import get_task
 from evonas.train import TrainConfig, settings
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_JSB = REPO.parent / "shared" / "data" / "jsb_chorales" / "jsb-chorales-quarter.json"
+DEFAULT_JSB = JSB
 
 
 def param_count(cell: Node, config: TrainConfig, hidden: int) -> int:

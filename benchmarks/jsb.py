@@ -21,19 +21,14 @@ import time
 from pathlib import Path
 
 import torch
+from _common import JSB, load_average
 
 from evonas.cells.library import resolve
 from evonas.model import hidden_for_params
 from evonas.tasks.music import N_NOTES
 from evonas.train import TrainConfig, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "jsb_chorales" / "jsb-chorales-quarter.json"
-
-
-def load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+DEFAULT_DATA = JSB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"JSB Chorales {args.data}\nbudget {args.seconds:g} s ({args.clock} clock)"
           + (f" / {args.epochs} epochs" if args.epochs else "")
           + f" per run, {args.seeds} seed(s), ~{args.params} params, dropout {args.dropout}, lr {args.lr}, "
-          f"batch {args.batch_size}, torch threads {args.threads}; load average at start {load()}", flush=True)
+          f"batch {args.batch_size}, torch threads {args.threads}; load average at start {load_average()}", flush=True)
     hidden = {c: hidden_for_params(resolve(c), "dense", N_NOTES, N_NOTES, args.params) for c in cells}
     results: dict[str, list[tuple[float, float]]] = {c: [] for c in cells}
     for seed in range(args.seeds):
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {cell:9s} hidden {h:4d} params {r.params:7d} status {r.status:8s} "
                   f"valid {r.valid_loss or float('nan'):.3f} test {r.test_loss or float('nan'):.3f} "
                   f"epochs {r.epochs:6.1f} wall {time.perf_counter() - t:6.1f}s cpu {time.process_time() - c:6.1f}s "
-                  f"load {load()} {r.reason}",
+                  f"load {load_average()} {r.reason}",
                   flush=True)
             if r.status == "ok":
                 results[cell].append((r.valid_loss, r.test_loss))
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         mean = statistics.mean(t for _, t in results["lstm"])
         print(f"LSTM test NLL: mean {mean:.3f}, best {best:.3f} (target <= 8.50: "
               f"{'met' if mean <= 8.50 else 'not met'} on the mean)")
-    print(f"load average at end {load()}")
+    print(f"load average at end {load_average()}")
     return 0
 
 

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import JSB
+
 from evonas.archive import Archive, json_safe
 from evonas.evaluators import Job, LocalEvaluator
 from evonas.evolution import screen as scr
@@ -42,8 +44,7 @@ from evonas.evolution.toolbox import make_toolbox
 from evonas.report import RecordingScreen, best_so_far
 from evonas.train import TrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_JSB = REPO.parent / "shared" / "data" / "jsb_chorales" / "jsb-chorales-quarter.json"
+DEFAULT_JSB = JSB
 METHODS = {"random": "(a) random", "random+sur": "(b) random + surrogate", "evo": "(c) evolution",
            "evo+sur": "(d) evolution + surrogate"}
 DONE = "done.json"

@@ -16,19 +16,14 @@ import time
 from pathlib import Path
 
 import torch
+from _common import SHAKESPEARE, load_average
 
 from evonas.cells.library import resolve
 from evonas.model import hidden_for_params
 from evonas.tasks import get_task
 from evonas.train import TrainConfig, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-
-
-def load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+DEFAULT_DATA = SHAKESPEARE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{task.describe()}\nbudget {args.seconds:g} s ({args.clock} clock)"
           + (f" / {args.steps} steps" if args.steps else "")
           + f" per run, {args.seeds} seed(s), ~{args.params} params, torch threads {args.threads}; "
-          f"load average at start {load()}", flush=True)
+          f"load average at start {load_average()}", flush=True)
     hidden = {c: hidden_for_params(resolve(c), "tokens", task.n_inputs, task.n_outputs, args.params, tie=True)
               for c in cells}
     losses: dict[str, list[float]] = {c: [] for c in cells}
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {cell:9s} hidden {h:4d} params {r.params:7d} status {r.status:8s} "
                   f"valid {v:.4f} nats/char ({v / math.log(2):.3f} bits) steps {r.steps} epochs {r.epochs:.2f} "
                   f"wall {time.perf_counter() - t:.1f}s cpu {time.process_time() - c:.1f}s "
-                  f"load {load()} {r.reason}", flush=True)
+                  f"load {load_average()} {r.reason}", flush=True)
             if r.status == "ok":
                 losses[cell].append(r.valid_loss)
     print("\ncell       params  valid nats/char (mean ± std)  bits/char")
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         s = statistics.stdev(v) if len(v) > 1 else 0.0
         print(f"{cell:9s} {hidden[cell][1]:7d}  {statistics.mean(v):.4f} ± {s:.4f}              "
               f"{statistics.mean(v) / math.log(2):.3f}")
-    print(f"load average at end {load()}")
+    print(f"load average at end {load_average()}")
     return 0
 
 
