@@ -176,3 +176,31 @@ def test_run_folder_as_data(tmp_path, rows):
     r = run("surrogate", "train", run_dir, "--out", tmp_path / "m", "--epochs", "1")
     assert r.exit_code == 0, r.stderr
     assert "on 40 cells (5 failed/diverged)" in r.stdout
+
+
+def test_search_screen_with_an_ensemble_refits_saves_and_reloads(tmp_path, rows):
+    """The search's screen (`surrogate_ensemble` in the run config) fits K models, saves them per generation,
+    and a resumed run reloads the same ensemble and scores as before."""
+    from evonas.cli.evolve import make_screen
+
+    records = [{"cell": r["cell"], "score": r["score"] if r["status"] == "ok" else None,
+                "status": r["status"], "generation": 0} for r in rows]  # the shape of Archive.to_records()
+    screen = make_screen("treelstm", tmp_path, seed=0, ensemble=2)
+    cells = [r["cell"] for r in rows[:5]]
+    assert all(s != s for s in screen.score(cells)), "an unfitted screen must score NaN (random choice)"
+    screen.model.fit_config.epochs = int(EPOCHS)
+    screen.learn(records)
+    saved = json.loads((tmp_path / "surrogate" / "gen-0000" / "meta.json").read_text())
+    assert saved["ensemble"] == 2, saved
+    before = screen.score(cells)
+    resumed = make_screen("treelstm", tmp_path, seed=0, ensemble=2)
+    resumed.on_resume(records)
+    assert resumed.score(cells) == pytest.approx(before)
+
+
+def test_run_config_rejects_a_bad_ensemble_size():
+    from evonas.errors import ConfigError
+    from evonas.evolution.config import RunConfig
+
+    with pytest.raises(ConfigError, match="surrogate_ensemble must be an integer >= 1, got 0"):
+        RunConfig.from_dict({"surrogate_ensemble": 0})
