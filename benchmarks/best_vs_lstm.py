@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default=str(DEFAULT_JSB))
     add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size (0: the task default)")
+    p.add_argument("--cell-lr", type=float, default=0.0,
+                   help="learning rate of the found cell only (0: --lr, the same as the LSTM's); each model at the lr "
+                        "that suits it is the fair comparison when one diverges at the other's")
     p.add_argument("--seeds", default="100,101,102", help="fresh training seeds (not the search's)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0)
@@ -75,15 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     target = param_count(lstm, cfg0, lstm_hidden)
     hidden, params = match_hidden(node, cfg0, target)
     jobs = []
-    for name, n, h in (("cell", node, hidden), ("lstm", lstm, lstm_hidden)):
+    cell_lr = {"lr": args.cell_lr} if args.cell_lr else {}
+    for name, n, h, extra in (("cell", node, hidden, cell_lr), ("lstm", lstm, lstm_hidden, {})):
         for s in seeds:
-            conf = TrainConfig.from_dict({**base, "hidden": h, "seed": s}).to_dict()
+            conf = TrainConfig.from_dict({**base, **extra, "hidden": h, "seed": s}).to_dict()
             jobs.append(Job(key=f"{name}:{canonical_text(n)}", cell=to_text(n), config=conf))
     res = train_many(jobs, args.workers, args.timeout, args.cache or None)
 
     def losses(name: str, n, split: str) -> list[float | None]:
         rs = [res[(f"{name}:{canonical_text(n)}", s)] for s in seeds]
         return [r[f"{split}_loss"] if r["status"] == "ok" else None for r in rs]
+
+    failed = [f"{name} seed {s}: {r['status']} ({r['reason']})" for name, n in (("cell", node), ("lstm", lstm))
+              for s in seeds if (r := res[(f"{name}:{canonical_text(n)}", s)])["status"] != "ok"]
 
     lc, ll = losses("cell", node, "test"), losses("lstm", lstm, "test")
     vc, vl = losses("cell", node, "valid"), losses("lstm", lstm, "valid")
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = budget_text(base) or "task default"
     lines = [f"Cell ({label}): `{canonical_text(node)}`",
              f"Task {args.task}, budget {budget}, seeds {seeds}; LSTM hidden {lstm_hidden} ({target:,} params), "
-             f"cell hidden {hidden} ({params:,} params, {(params - target) / target:+.1%}).",
+             f"cell hidden {hidden} ({params:,} params, {(params - target) / target:+.1%})"
+             + (f", cell lr {args.cell_lr:g}." if args.cell_lr else "."),
              f"- cell: test loss {ms([x for x in lc if x is not None])}  per seed {lc}",
              f"- LSTM: test loss {ms([x for x in ll if x is not None])}  per seed {ll}",
              f"- LSTM - cell, test loss (paired by seed): {ms(diffs)}  per seed {[round(d, 4) for d in diffs]}",
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         verdict = "does not beat LSTM" + (f" (difference {ms(diffs)}; better with {sum(d > 0 for d in diffs)}"
                                           f" of {len(seeds)} seeds)" if diffs else " (no paired results)")
+    if failed:
+        lines.append(f"- not finished: {'; '.join(failed)}")
     lines += [f"Verdict: {verdict}", f"Command: `{' '.join(sys.argv)}`"]
     text_out = "\n".join(lines) + "\n"
     print(text_out)
