@@ -7,8 +7,8 @@ closest to the target, found by binary search; a cell that cannot get within --t
 Equal budget: the same TrainConfig (steps/epochs, optimiser, ...) and the same seeds for every cell.
 
 Example (what fits a shared 2-core machine; state the budget with the table):
-  .venv/bin/python benchmarks/baselines.py --task music --epochs 30 --lr 0.01 --dropout 0.2 --hidden 64 --seeds 3 \
-      --workers 2 --out baselines_jsb.md
+  .venv/bin/python benchmarks/baselines.py --task music --epochs 30 --lrs 0.01,0.003 --dropout 0.2 --hidden 64 \
+      --seeds 3 --workers 2 --out baselines_jsb.md --cache baselines_jsb.jsonl
 """
 
 from __future__ import annotations
@@ -88,10 +88,14 @@ def train_many(jobs: list[Job], workers: int, timeout: float | None,
             todo.append(job)
     if len(todo) < len(jobs):
         print(f"  {len(jobs) - len(todo)} result(s) taken from {cache}", file=sys.stderr)
-    jobs = todo
+    same: dict[str, list[Job]] = {}  # identical trees (e.g. mgu and gru) are trained once
+    for job in todo:
+        same.setdefault(_cache_key(job), []).append(job)
+    jobs = [group[0] for group in same.values()]
 
     def on_result(job: Job, result) -> None:
-        out[(job.key, job.config["seed"])] = result.to_dict()
+        for twin in same[_cache_key(job)]:
+            out[(twin.key, twin.config["seed"])] = result.to_dict()
         if cache:
             with open(cache, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"job": _cache_key(job), "result": result.to_dict()}) + "\n")
@@ -135,6 +139,17 @@ def budget_text(base: dict) -> str:
     return ", ".join(f"{k.replace('_in', '')} {base[k]}" for k in shown)
 
 
+def row_at(res: dict[tuple[str, int], dict], key: str, seeds: int) -> dict:
+    """Mean ± sd of the validation (and test) losses of one cell at one setting over seeds 0..seeds-1."""
+    rs = [res[(key, s)] for s in range(seeds)]
+    ok = [r["valid_loss"] for r in rs if r["status"] == "ok" and r["valid_loss"] is not None]
+    tests = [r["test_loss"] for r in rs if r["status"] == "ok" and r.get("test_loss") is not None]
+    m, sd = mean_sd(ok) if ok else (math.inf, 0.0)
+    return {"mean": m, "sd": sd, "losses": ok, "test": mean_sd(tests) if tests else None,
+            "failed": len(rs) - len(ok), "seconds": statistics.fmean(r["seconds"] for r in rs),
+            "reasons": sorted({r["reason"] for r in rs if r["status"] != "ok"})}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Match sizes, train every library cell with every seed, print and save the ranked markdown table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -143,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size that fixes the target (0: task default)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--lrs", default="", help="comma list of learning rates: every cell is trained at each and "
+                   "shown at the one with its lowest mean validation loss (per-cell tuning, as Greff et al. tuned "
+                   "every variant); overrides --lr")
     p.add_argument("--cells", default="", help="comma list of library names (default: the whole library)")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--workers", type=int, default=1)
@@ -159,27 +177,27 @@ def main(argv: list[str] | None = None) -> None:
     lstm_hidden = args.hidden or default_hidden(cfg0)
     target = param_count(lib["lstm"].cell, cfg0, lstm_hidden)
     sizes = {n: match_hidden(lib[n].cell, cfg0, target) for n in names}
+    lrs = [float(x) for x in args.lrs.split(",") if x] or [base.get("lr")]
+    if args.lrs:
+        base.pop("lr", None)
     jobs = []
     for n in names:
-        key = canonical_text(lib[n].cell)
-        for seed in range(args.seeds):
-            conf = TrainConfig.from_dict({**base, "hidden": sizes[n][0], "seed": seed}).to_dict()
-            jobs.append(Job(key=key, cell=to_text(lib[n].cell), config=conf))
+        for lr in lrs:
+            conf_lr = {"lr": lr} if lr else {}
+            for seed in range(args.seeds):
+                conf = TrainConfig.from_dict({**base, **conf_lr, "hidden": sizes[n][0], "seed": seed}).to_dict()
+                jobs.append(Job(key=f"{canonical_text(lib[n].cell)} lr={lr}", cell=to_text(lib[n].cell), config=conf))
     res = train_many(jobs, args.workers, args.timeout, args.cache or None)
     rows = []
     for n in names:
-        key = canonical_text(lib[n].cell)
-        rs = [res[(key, s)] for s in range(args.seeds)]
-        ok = [r["valid_loss"] for r in rs if r["status"] == "ok" and r["valid_loss"] is not None]
-        tests = [r["test_loss"] for r in rs if r["status"] == "ok" and r.get("test_loss") is not None]
-        m, sd = mean_sd(ok) if ok else (math.inf, 0.0)
-        rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], "mean": m, "sd": sd, "losses": ok,
-                     "test": mean_sd(tests) if tests else None,
-                     "failed": len(rs) - len(ok), "seconds": statistics.fmean(r["seconds"] for r in rs),
-                     "reasons": sorted({r["reason"] for r in rs if r["status"] != "ok"})})
+        per_lr = [row_at(res, f"{canonical_text(lib[n].cell)} lr={lr}", args.seeds) | {"lr": lr} for lr in lrs]
+        best = min(per_lr, key=lambda r: (not r["losses"], r["mean"]))  # the lr with the lowest mean valid loss
+        rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], **best})
     total = sum(r["seconds"] for r in res.values())
     rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
-    budget = budget_text(base) or "task default"
+    budget = (budget_text(base) or "task default") + (
+        f", lr per cell: the one of {', '.join(f'{x:g}' for x in lrs)} with the lowest mean validation loss"
+        if len(lrs) > 1 else "")
     lines = [f"Library cells on `{args.task}`"
              f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget} per run, "
              f"{args.seeds} seeds (0..{args.seeds - 1}), parameters matched to the LSTM at hidden {lstm_hidden} "
@@ -188,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
              f"Training time {total / 60:.0f} min summed over runs "
              "(shared 2-core CPU, 1 thread per run).", "",
              "| rank | cell | hidden | params (vs LSTM) | valid loss mean ± sd | min..max | test loss mean ± sd "
-             "| failed | s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| lr | failed | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     first: dict[str, str] = {}
     for n in names:
         first.setdefault(canonical_text(lib[n].cell), n)
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         test = f"{r['test'][0]:.4f} ± {r['test'][1]:.4f}" if r["test"] else "–"
         fail = f"{r['failed']}" + (f" ({'; '.join(r['reasons'])[:80]})" if r["failed"] else "")
         lines.append(f"| {i} | {r['name']} | {r['hidden']} | {r['params']:,} ({dev:+.1%}){flag} | {loss} | {rng} | "
-                     f"{test} | {fail} | {r['seconds']:.0f} |")
+                     f"{test} | {r['lr'] or 'default'} | {fail} | {r['seconds']:.0f} |")
     lines += ["", f"Command: `{' '.join(sys.argv)}`"]
     text = "\n".join(lines) + "\n"
     print(text)
