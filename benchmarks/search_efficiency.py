@@ -195,11 +195,13 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.4f} ± {sd:.4f} ({min(xs):.4f}..{max(xs):.4f})"
 
 
-def cells_to_reach(curve: list[float | None], target: float | None) -> int | None:
-    """1-based number of trained cells after which the curve is at or below target (None: never)."""
+def cells_to_reach(curve: list[float | None], target: float | None, strictly: bool = False) -> int | None:
+    """1-based number of trained cells after which the curve is at or below target (strictly below with
+    `strictly`; None: never)."""
     if target is None:
         return None
-    return next((i + 1 for i, v in enumerate(curve) if v is not None and v <= target + 1e-12), None)
+    margin = -1e-12 if strictly else 1e-12
+    return next((i + 1 for i, v in enumerate(curve) if v is not None and v <= target + margin), None)
 
 
 def summarise(task: str, res: dict[str, list[dict]], n: int) -> list[str]:
@@ -219,19 +221,26 @@ def summarise(task: str, res: dict[str, list[dict]], n: int) -> list[str]:
         lines += ["", "Cells (d) needs to reach (a)'s final best (same seed). All methods with one seed share the "
                   "same first batch, so when (a) found its best there, (d) reaches it at the same cell: the "
                   "count (a) itself needed is shown next to it.", ""]
-        ratios = []
+        ratios, beats = [], []
         for ra, rd in zip(a, d, strict=True):
             target = ra["curve"][-1]
             k, ka = cells_to_reach(rd["curve"], target), cells_to_reach(ra["curve"], target)
+            kb = cells_to_reach(rd["curve"], target, strictly=True)
             ratios.append(k / n if k else None)
+            beats.append(kb / n if kb else None)
             lines.append(f"- seed {a.index(ra)}: (a) best {target if target is None else f'{target:.4f}'}, "
                          f"first reached by (a) after {ka} cells; "
                          + (f"(d) reaches it after {k} cells: ratio {k}/{n} = {k / n:.2f}" if k else
-                            f"(d) does not reach it within {n} cells: ratio > 1"))
-        got = [r for r in ratios if r is not None]
-        med = statistics.median([r if r is not None else math.inf for r in ratios])
-        lines.append(f"- median ratio over seeds: {'> 1 (not reached)' if math.isinf(med) else f'{med:.2f}'}"
-                     f" ({len(got)}/{len(ratios)} seeds reached)")
+                            f"(d) does not reach it within {n} cells: ratio > 1")
+                         + (f"; (d) goes below it after {kb} cells" if kb else "; (d) never goes below it"))
+
+        def median_text(xs: list[float | None], verb: str) -> str:
+            med = statistics.median([x if x is not None else math.inf for x in xs])
+            got = sum(x is not None for x in xs)
+            return f"{'> 1' if math.isinf(med) else f'{med:.2f}'} ({got}/{len(xs)} seeds {verb})"
+
+        lines.append(f"- median ratio over seeds: {median_text(ratios, 'reached')}; cells to go strictly below "
+                     f"(a)'s final best / {n}: {median_text(beats, 'went below')}")
     return lines + [""]
 
 
