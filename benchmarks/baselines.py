@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], **best})
     total = sum(r["seconds"] for r in res.values())
     rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
-    budget = (budget_text(base) or "task default") + (
-        f", lr per cell: the one of {', '.join(f'{x:g}' for x in lrs)} with the lowest mean validation loss"
+    budget = (budget_text(base) or "task default") + " per run" + (
+        f"; lr per cell: the one of {', '.join(f'{x:g}' for x in lrs)} with the lowest mean validation loss"
         if len(lrs) > 1 else "")
     lines = [f"Library cells on `{args.task}`"
-             f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget} per run, "
+             f"{'' if args.task == 'synthetic' else f' ({Path(args.data).name})'}: budget {budget}; "
              f"{args.seeds} seeds (0..{args.seeds - 1}), parameters matched to the LSTM at hidden {lstm_hidden} "
              f"({target:,} parameters, tolerance {args.tolerance:.0%}). Validation loss (nats per token; per time "
              f"step for music), mean ± sample sd over seeds, ranked by validation loss; test loss alongside. "
