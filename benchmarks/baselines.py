@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         per_lr = [row_at(res, f"{canonical_text(lib[n].cell)} lr={lr}", args.seeds) | {"lr": lr} for lr in lrs]
         best = min(per_lr, key=lambda r: (not r["losses"], r["mean"]))  # the lr with the lowest mean valid loss
         rows.append({"name": n, "hidden": sizes[n][0], "params": sizes[n][1], **best})
-    total = sum(r["seconds"] for r in res.values())
+    total = sum(res[(j.key, j.config["seed"])]["seconds"] for j in {_cache_key(j): j for j in jobs}.values())
     rows.sort(key=lambda r: (r["failed"] > 0 and not r["losses"], r["mean"]))
     budget = (budget_text(base) or "task default") + " per run" + (
         f"; lr per cell: the one of {', '.join(f'{x:g}' for x in lrs)} with the lowest mean validation loss"
