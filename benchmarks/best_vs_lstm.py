@@ -8,7 +8,7 @@ mean ± sample sd of the per-seed differences LSTM - cell (positive = the cell i
 printed too.
 
 Example:
-  .venv/bin/python benchmarks/best_vs_lstm.py search_efficiency_out/jsb/evo+sur/seed0 --task music \
+  .venv/bin/python benchmarks/best_vs_lstm.py se_jsb/music/evo+sur/seed2 --task music \
       --hidden 126 --seconds 180 --clock cpu --lr 0.01 --dropout 0.2 --batch-size 8 --seeds 100,101,102
 """
 

@@ -15,9 +15,11 @@ Output (under --out): results.json (all curves), efficiency.md (table + ratio), 
 run folder per (task, method, seed) that `evonas report` can read. A finished run folder is reused when the
 script is run again with the same settings (delete it to retrain).
 
-Example (reduced, what fits a shared 2-core machine):
-  .venv/bin/python benchmarks/search_efficiency.py --cells 20 --population 8 --offspring 4 --seeds 3 \
-      --steps 150 --jsb-epochs 1 --out /work/notes/search_efficiency
+Examples (the runs in the README; 60 cells, 3 seeds; JSB takes 4-15 minutes per run on 2 shared cores):
+  .venv/bin/python benchmarks/search_efficiency.py --tasks synthetic --steps 300 --cells 60 --population 12 \
+      --offspring 8 --seeds 3 --out se_synthetic
+  .venv/bin/python benchmarks/search_efficiency.py --tasks jsb --jsb-epochs 10 --jsb-lr 0.01 --hidden 64 --cells 60 \
+      --population 12 --offspring 8 --seeds 3 --out se_jsb
 """
 
 from __future__ import annotations
