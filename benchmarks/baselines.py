@@ -28,8 +28,6 @@ from evonas.model import CellModel, count_params
 from evonas.tasks import get_task
 from evonas.train import TrainConfig, settings
 
-DEFAULT_JSB = JSB
-
 
 def param_count(cell: Node, config: TrainConfig, hidden: int) -> int:
     """Trainable parameters of the model `evaluate` would build for this cell at this hidden size."""
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     """Match sizes, train every library cell with every seed, print and save the ranked markdown table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="music", choices=["synthetic", "music", "text"])
-    p.add_argument("--data", default=str(DEFAULT_JSB), help="data path (default: JSB Chorales in ../shared/data)")
+    p.add_argument("--data", default=str(JSB), help="data path (default: JSB Chorales in ../shared/data)")
     add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size that fixes the target (0: task default)")
     p.add_argument("--seeds", type=int, default=3)

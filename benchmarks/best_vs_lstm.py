@@ -20,8 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from _common import JSB
 from baselines import (
-    DEFAULT_JSB,
     add_budget_args,
     base_config,
     budget_text,
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("cell", help="cell text, library name, or run folder (uses its best non-seed cell)")
     p.add_argument("--task", default="music", choices=["synthetic", "music", "text"])
-    p.add_argument("--data", default=str(DEFAULT_JSB))
+    p.add_argument("--data", default=str(JSB))
     add_budget_args(p)
     p.add_argument("--hidden", type=int, default=0, help="LSTM hidden size (0: the task default)")
     p.add_argument("--cell-lr", type=float, default=0.0,

@@ -28,13 +28,11 @@ from evonas.model import hidden_for_params
 from evonas.tasks.music import N_NOTES
 from evonas.train import TrainConfig, evaluate
 
-DEFAULT_DATA = JSB
-
 
 def main(argv: list[str] | None = None) -> int:
     """Train each cell for each seed and print the test NLL table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(JSB))
     ap.add_argument("--seconds", type=float, default=180.0, help="training time per run (see --clock)")
     ap.add_argument("--epochs", type=int, default=None, help="epoch budget instead of (or besides) seconds")
     ap.add_argument("--seeds", type=int, default=3)

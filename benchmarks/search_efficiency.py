@@ -46,7 +46,6 @@ from evonas.evolution.toolbox import make_toolbox
 from evonas.report import RecordingScreen, best_so_far
 from evonas.train import TrainConfig
 
-DEFAULT_JSB = JSB
 METHODS = {"random": "(a) random", "random+sur": "(b) random + surrogate", "evo": "(c) evolution",
            "evo+sur": "(d) evolution + surrogate"}
 DONE = "done.json"
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="synthetic,jsb", help="comma list of synthetic, jsb")
-    p.add_argument("--jsb", default=str(DEFAULT_JSB), help="JSB Chorales JSON (default ../shared/data/...)")
+    p.add_argument("--jsb", default=str(JSB), help="JSB Chorales JSON (default ../shared/data/...)")
     p.add_argument("--cells", type=int, default=60, help="trained cells per run (the budget)")
     p.add_argument("--population", type=int, default=12, help="first batch (generation 0)")
     p.add_argument("--offspring", type=int, default=8, help="cells per later batch")

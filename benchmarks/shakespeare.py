@@ -23,13 +23,11 @@ from evonas.model import hidden_for_params
 from evonas.tasks import get_task
 from evonas.train import TrainConfig, evaluate
 
-DEFAULT_DATA = SHAKESPEARE
-
 
 def main(argv: list[str] | None = None) -> int:
     """Train each cell for each seed and print validation loss per character."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=str(SHAKESPEARE))
     ap.add_argument("--seconds", type=float, default=300.0, help="training time per run (see --clock)")
     ap.add_argument("--steps", type=int, default=None, help="step budget instead of (or besides) seconds")
     ap.add_argument("--seeds", type=int, default=1)
