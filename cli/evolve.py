@@ -128,7 +128,7 @@ def _check_data(cfg: Any) -> None:
         return  # generated in code, nothing to check
     from evonas.tasks import get_task
 
-    get_task(cfg.task, cfg.data, cfg.train.get("level", "word"))
+    get_task(cfg.task, cfg.data, cfg.train_dict()["level"])  # the level every evaluation will use
 
 
 @click.command()
