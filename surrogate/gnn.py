@@ -50,7 +50,7 @@ class GNNRanker(Ranker):
         nd = g.ndata
         h = self.op(nd["op"]) + self.step(nd["step"]) + self.slot(nd["slot"])
         if self.depth is not None:  # longest distance from the root: where in the unrolled cell a node sits
-            h = h + self.depth(nd["depth"].clamp(max=MAX_DEPTH - 1))
+            h = h + self.depth(nd["level"].clamp(max=MAX_DEPTH - 1))
         src, dst = g.edges()
         both = dgl.graph((torch.cat([src, dst]), torch.cat([dst, src])), num_nodes=g.num_nodes())
         eslot = g.edata["slot"]
@@ -58,9 +58,10 @@ class GNNRanker(Ranker):
         for emb, conv, norm in zip(self.edge, self.convs, self.norms, strict=True):
             h = norm(h + torch.relu(conv(both, h, emb(etype))))
         b = batch.batch_size
-        gid = batch.graph_id
-        counts = torch.bincount(gid, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)
-        mean = h.new_zeros(b, self.hidden).index_add(0, gid, h) / counts
-        idx = gid.unsqueeze(1).expand_as(h)
+        cell = batch.pool_cell  # DAG form: one pooling triple per node, in node order, weight 1
+        assert len(cell) == len(h), f"expected a DAG-form batch (one pooling entry per node), got {len(cell)}"
+        counts = torch.bincount(cell, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)
+        mean = h.new_zeros(b, self.hidden).index_add(0, cell, h) / counts
+        idx = cell.unsqueeze(1).expand_as(h)
         mx = h.new_full((b, self.hidden), -1e4).scatter_reduce(0, idx, h, "amax", include_self=False)
         return self.head(torch.cat([mean, mx, h[batch.roots]], dim=1)).squeeze(1)

@@ -6,10 +6,17 @@ stay leaves. `x_prev` at t is the same value as `x` at t-1 and is labelled so.
 
 Node features: operator (index into VOCAB: the sources, then every operator), step (0 = t, 1 = t-1) and
 argument slot (1, 2, 3 for the arguments of the non-commutative operators Gate3, Sub, Div; 0 otherwise).
-Edges point from child to parent (values flow to the root). In the DAG form a node may have several
-parents, so the slot is also an edge feature there (`edata["slot"]`), and sources are one node per
-(source, step). Per-cell arrays are cached by canonical text; batches are assembled with numpy and turned
-into one DGL graph per batch.
+Edges point from child to parent (values flow to the root).
+
+Tree form: every node has one parent, subtrees are duplicated (`tree_graph`, the readable reference). The
+fast builder holds the t-1 copy once per cell, with a `weight` per node = its occurrences in the full tree;
+when trees are batched, equal subtrees (same operator, step, slot and children), within a cell and across the
+cells of the batch, become one node. A bottom-up model (TreeLSTM) gets the same values as on the full trees,
+each distinct subtree computed once, and pooling weights each node by its occurrences in each cell.
+
+DAG form: one t-1 copy shared by every `h_prev`, one node per (source, step); a node may have several parents,
+so the slot is also an edge feature there (`edata["slot"]`). Per-cell arrays are cached by canonical text;
+batches are assembled with numpy and turned into one DGL graph per batch.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ class CellGraph:
     op: list[int]
     step: list[int]
     slot: list[int]  # per node (tree form: its slot in its parent; DAG: 0 for shared nodes)
-    depth: list[int]  # distance from the root (tree form); DAG: longest distance from the root
+    level: list[int]  # tree form: height above the deepest leaf below (children are lower); DAG: longest
+    #                   distance from the root (the GNN's optional depth feature)
     src: list[int]
     dst: list[int]
     eslot: list[int]  # slot of each edge's child in its parent
     root: int
+    weight: list[int]  # occurrences in the full tree (a node of the shared t-1 copy counts once per use)
 
     @property
     def num_nodes(self) -> int:
@@ -63,8 +72,9 @@ def canonical_key(cell: Node) -> str:
     return f"{cell.op}({','.join(kids)})"
 
 
-def _arrays(ops, steps, slots, depth, src, dst, eslot, root) -> CellGraph:
-    return CellGraph(list(ops), list(steps), list(slots), list(depth), list(src), list(dst), list(eslot), root)
+def _arrays(ops, steps, slots, level, src, dst, eslot, root) -> CellGraph:
+    return CellGraph(list(ops), list(steps), list(slots), list(level), list(src), list(dst), list(eslot), root,
+                     [1] * len(ops))
 
 
 def _source_label(op: str, step: int) -> tuple[int, int]:
@@ -75,16 +85,17 @@ def _source_label(op: str, step: int) -> tuple[int, int]:
 
 
 def tree_graph(cell: Node) -> CellGraph:
-    """Tree form: the unrolled cell with subtrees duplicated (every node has one parent); root is node 0."""
+    """Tree form, full: the unrolled cell with subtrees duplicated (every node has one parent); root is node 0."""
     memory = find(cell, "Memory")
     ops: list[int] = []
     steps: list[int] = []
     slots: list[int] = []
-    depth: list[int] = []
+    height: list[int] = []
     src: list[int] = []
     dst: list[int] = []
 
-    def emit(node: Node, step: int, slot: int, d: int, parent: int) -> None:
+    def emit(node: Node, step: int, slot: int, parent: int) -> int:
+        """Append the node and its subtree (pre-order); returns its height."""
         if step == 0 and node.op == "h_prev":
             node, step = cell, 1
         elif step == 0 and node.op == "c_prev" and memory is not None:
@@ -98,17 +109,18 @@ def tree_graph(cell: Node) -> CellGraph:
             ops.append(o)
             steps.append(s)
         slots.append(slot)
-        depth.append(d)
+        height.append(0)
         if parent >= 0:
             src.append(i)
             dst.append(parent)
         numbered = node.op in NONCOMMUTATIVE
-        for k, child in enumerate(node.children):
-            emit(child, step, k + 1 if numbered else 0, d + 1, i)
+        below = [emit(child, step, k + 1 if numbered else 0, i) for k, child in enumerate(node.children)]
+        height[i] = max(below) + 1 if below else 0
+        return height[i]
 
-    emit(cell, 0, 0, 0, -1)
+    emit(cell, 0, 0, -1)
     eslot = [slots[i] for i in src]
-    return _arrays(ops, steps, slots, depth, src, dst, eslot, 0)
+    return _arrays(ops, steps, slots, height, src, dst, eslot, 0)
 
 
 def dag_graph(cell: Node) -> CellGraph:
@@ -190,8 +202,8 @@ _BUILDERS = {"tree": tree_graph, "dag": dag_graph}
 def _from_template(tp: Template, form: str) -> CellGraph:
     """Fast builder (same graph as `tree_graph` / `dag_graph`, which are the readable reference)."""
     if form == "tree":
-        ops, steps, slots, depth, parent = tree_arrays(tp, OP_INDEX)
-        return CellGraph(ops, steps, slots, depth, list(range(1, len(ops))), parent[1:], slots[1:], 0)
+        ops, steps, slots, height, weight, src, dst = tree_arrays(tp, OP_INDEX)
+        return CellGraph(ops, steps, slots, height, src, dst, [slots[v] for v in src], 0, weight)
     ops, steps, src, dst, eslot, root, topo = dag_arrays(tp, OP_INDEX)
     n = len(ops)
     uses = [0] * n
@@ -201,7 +213,7 @@ def _from_template(tp: Template, form: str) -> CellGraph:
     for v, e in zip(src, eslot, strict=True):
         if uses[v] == 1:
             node_slot[v] = e
-    return CellGraph(ops, steps, node_slot, dag_depth(n, src, dst, topo), src, dst, eslot, root)
+    return CellGraph(ops, steps, node_slot, dag_depth(n, src, dst, topo), src, dst, eslot, root, [1] * n)
 
 
 class GraphCache:
@@ -244,17 +256,21 @@ class GraphCache:
 
 @dataclass
 class GraphBatch:
-    """Many cell graphs as one batched DGL graph, plus the roots and (tree form) the level schedule.
+    """Many cell graphs as one batched DGL graph, plus the roots, the pooling triples and (tree form) the schedule.
 
-    `levels[d]` = [nodes at depth d, max arity at depth d] index of each node's children within level d+1,
-    in argument order, padded with `level_sizes[d+1]` (one past the end); `level_sizes[d]` = nodes at depth d.
-    Node ids in `g` are sorted by depth, deepest first, so level d occupies one contiguous block (the roots,
-    level 0, come last, in batch order).
+    Pooling: node `pool_node[j]` occurs `pool_weight[j]` times in cell `pool_cell[j]` (a node shared by several
+    cells of a tree batch has one triple per cell). Tree form: nodes are the distinct subtrees of the whole
+    batch, sorted by height, lowest first, so level L (height L) is the contiguous block of `level_sizes[L]`
+    nodes; `levels[L]` = [nodes at level L, their max arity] global ids of each node's children in argument
+    order, padded with the number of nodes (one past the end: a zero row). DAG form: the cells' graphs side by
+    side, no schedule.
     """
 
     g: dgl.DGLGraph
     roots: torch.Tensor
-    graph_id: torch.Tensor  # per node: which cell of the batch it belongs to
+    pool_cell: torch.Tensor
+    pool_node: torch.Tensor
+    pool_weight: torch.Tensor
     level_sizes: list[int]
     levels: list[torch.Tensor]
 
@@ -263,8 +279,49 @@ class GraphBatch:
         return len(self.roots)
 
 
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an int matrix (lexicographic order) and, per input row, the index of its distinct row."""
+    order = np.lexsort(rows.T[::-1])
+    srt = rows[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = (srt[1:] != srt[:-1]).any(axis=1)
+    inverse = np.empty(len(rows), np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return srt[first], inverse
+
+
+def _merge_tree(op, step, slot, level, src, dst) -> tuple[np.ndarray, ...]:
+    """Merge equal subtrees (same operator, step, slot and children) across the batch, level by level upwards.
+
+    Returns per distinct node (sorted by level): op, step, slot, level, its children matrix (global ids, -1
+    padding) and per input node the id of its distinct node.
+    """
+    n = len(op)
+    eorder = np.argsort(dst, kind="stable")  # children of one parent stay in argument order
+    src, dst = src[eorder], dst[eorder]
+    rank = np.arange(len(dst)) - np.searchsorted(dst, dst, side="left")  # argument position in the parent
+    k = int(rank.max()) + 1 if len(rank) else 0
+    kids = np.full((n, k), -1, np.int64)
+    kids[dst, rank] = src
+    new_id = np.empty(n, np.int64)
+    parts: list[np.ndarray] = []
+    done = 0
+    for lv in range(int(level.max()) + 1 if n else 0):
+        at = np.flatnonzero(level == lv)
+        if not len(at):
+            continue
+        ch = kids[at]
+        ch = np.where(ch >= 0, new_id[np.maximum(ch, 0)], -1)  # children are lower: already renumbered
+        rows, inverse = _unique_rows(np.column_stack([op[at], step[at], slot[at], ch]))
+        new_id[at] = done + inverse
+        done += len(rows)
+        parts.append(np.column_stack([rows[:, :3], np.full(len(rows), lv), rows[:, 3:]]))
+    table = np.concatenate(parts) if parts else np.zeros((0, 4 + k), np.int64)
+    return table[:, 0], table[:, 1], table[:, 2], table[:, 3], table[:, 4:], new_id
+
+
 def batch_graphs(graphs: Sequence[CellGraph], form: str) -> GraphBatch:
-    """Concatenate per-cell arrays into one DGL graph (tree form: nodes reordered deepest level first)."""
+    """Assemble per-cell arrays into one DGL graph (tree form: equal subtrees merged, nodes by level)."""
     counts = np.fromiter((len(gr.op) for gr in graphs), np.int64, len(graphs))
     ecounts = np.fromiter((len(gr.src) for gr in graphs), np.int64, len(graphs))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -273,47 +330,44 @@ def batch_graphs(graphs: Sequence[CellGraph], form: str) -> GraphBatch:
     def cat(name: str, total: int) -> np.ndarray:
         return np.fromiter(chain.from_iterable(getattr(gr, name) for gr in graphs), np.int64, total)
 
-    op, step, slot, depth = (cat(name, n_total) for name in ("op", "step", "slot", "depth"))
+    op, step, slot, level, weight = (cat(name, n_total) for name in ("op", "step", "slot", "level", "weight"))
     eoff = np.repeat(offsets, ecounts)
     src = cat("src", e_total) + eoff
     dst = cat("dst", e_total) + eoff
     eslot = cat("eslot", e_total)
     roots = offsets + np.fromiter((gr.root for gr in graphs), np.int64, len(graphs))
-    n = int(counts.sum())
-    graph_id = np.repeat(np.arange(len(graphs), dtype=np.int64), counts)
+    pool_cell = np.repeat(np.arange(len(graphs), dtype=np.int64), counts)
+    pool_node = np.arange(n_total, dtype=np.int64)
     level_sizes: list[int] = []
     levels: list[torch.Tensor] = []
     if form == "tree":
-        # Stable sort by depth, deepest first: level d is a contiguous block; the roots (level 0) come last.
-        order = np.argsort(-depth, kind="stable")
-        pos = np.empty(n, np.int64)
-        pos[order] = np.arange(n)
-        maxd = int(depth.max()) if n else 0
-        sizes = np.bincount(depth, minlength=maxd + 2)  # level maxd + 1 is empty (sentinel)
-        starts = np.zeros(maxd + 2, np.int64)
-        starts[: maxd + 1] = (np.cumsum(sizes[::-1])[::-1] - sizes)[: maxd + 1]
-        op, step, slot, depth, graph_id = op[order], step[order], slot[order], depth[order], graph_id[order]
-        src, dst, roots = pos[src], pos[dst], pos[roots]
-        eorder = np.argsort(dst, kind="stable")  # children of one parent stay in argument order
-        src, dst, eslot = src[eorder], dst[eorder], eslot[eorder]
-        rank = np.arange(len(dst)) - np.searchsorted(dst, dst, side="left")  # argument position in the parent
-        level_sizes = [int(s) for s in sizes[: maxd + 1]]
-        for d in range(maxd + 1):
-            lo, hi = np.searchsorted(dst, [starts[d], starts[d] + sizes[d]])
-            k = int(rank[lo:hi].max()) + 1 if hi > lo else 0
-            idx = np.full((sizes[d], k), sizes[d + 1], np.int64)  # padding points at an appended zero row
-            idx[dst[lo:hi] - starts[d], rank[lo:hi]] = src[lo:hi] - starts[d + 1]
-            levels.append(torch.from_numpy(idx))
-    g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=n)
+        op, step, slot, level, kids, new_id = _merge_tree(op, step, slot, level, src, dst)
+        n = len(op)
+        roots = new_id[roots]
+        pairs, inverse = np.unique(pool_cell * n + new_id, return_inverse=True)
+        weight = np.bincount(inverse, weights=weight).astype(np.int64)  # occurrences of a node in a cell
+        pool_cell, pool_node = pairs // n, pairs % n
+        level_sizes = [int(c) for c in np.bincount(level)] if n else []
+        start = 0
+        for size in level_sizes:
+            ch = kids[start:start + size]
+            width = int((ch >= 0).sum(axis=1).max()) if size else 0
+            levels.append(torch.from_numpy(np.where(ch[:, :width] >= 0, ch[:, :width], n)))
+            start += size
+        parent, arg = np.nonzero(kids >= 0)
+        src, dst = kids[parent, arg], parent
+        eslot = slot[src]
+    g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=len(op))
     g.ndata["op"] = torch.from_numpy(op)
     g.ndata["step"] = torch.from_numpy(step)
     g.ndata["slot"] = torch.from_numpy(slot)
-    g.ndata["depth"] = torch.from_numpy(depth)
+    g.ndata["level"] = torch.from_numpy(level)
     g.edata["slot"] = torch.from_numpy(eslot)
     if form == "dag":
         g.set_batch_num_nodes(torch.from_numpy(counts))
         g.set_batch_num_edges(torch.from_numpy(ecounts))
-    return GraphBatch(g, torch.from_numpy(roots), torch.from_numpy(graph_id), level_sizes, levels)
+    return GraphBatch(g, torch.from_numpy(roots), torch.from_numpy(pool_cell), torch.from_numpy(pool_node),
+                      torch.from_numpy(weight), level_sizes, levels)
 
 
 def cell_graph(cell: str | Node, form: str = "tree") -> dgl.DGLGraph:
@@ -322,7 +376,7 @@ def cell_graph(cell: str | Node, form: str = "tree") -> dgl.DGLGraph:
     gr = _BUILDERS[form](node)
     g = dgl.graph((torch.tensor(gr.src, dtype=torch.int64), torch.tensor(gr.dst, dtype=torch.int64)),
                   num_nodes=gr.num_nodes)
-    for name in ("op", "step", "slot", "depth"):
+    for name in ("op", "step", "slot", "level"):
         g.ndata[name] = torch.tensor(getattr(gr, name), dtype=torch.int64)
     g.edata["slot"] = torch.tensor(gr.eslot, dtype=torch.int64)
     return g

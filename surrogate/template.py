@@ -131,44 +131,76 @@ def _labels(tp: Template, op_index: dict[str, int]) -> tuple[list[int], list[int
     return op0, step0, op1
 
 
+def _heights(tp: Template, leaf: dict[str, int]) -> list[int]:
+    """Height of every template node (distance above its deepest leaf); a leaf named in `leaf` gets that height."""
+    par = tp.parent
+    h = [leaf.get(name, 0) for name in tp.names]
+    for i in range(len(par) - 1, 0, -1):  # reverse pre-order: a node's descendants come before it
+        p = par[i]
+        if h[i] >= h[p]:
+            h[p] = h[i] + 1
+    return h
+
+
 def tree_arrays(tp: Template, op_index: dict[str, int]) -> tuple[list[int], ...]:
-    """(op, step, slot, depth, parent) of the unrolled tree, pre-order, root first."""
+    """The unrolled tree with the t-1 copy held once: (op, step, slot, height, weight, src, dst); root = node 0.
+
+    Each `h_prev` at t becomes a node for the t-1 cell's top operator (in the `h_prev`'s slot) whose children are
+    one shared copy of the rest of the t-1 cell; each `c_prev` likewise becomes a t-1 `Memory` node over the
+    shared copy of the Memory's children. `weight` counts occurrences in the full tree (`graph.tree_graph`):
+    expanding the shared copy gives it back. `height` is the distance above the deepest leaf below the node.
+    """
     op0, step0, op1 = _labels(tp, op_index)
-    names, par, slot_l, dep = tp.names, tp.parent, tp.slot, tp.depth
+    names, par, slot_l = tp.names, tp.parent, tp.slot
     mem = names.index("Memory") if "Memory" in names else -1
+    ht1 = _heights(tp, {})  # the t-1 copy: its sources stay leaves
+    states = {"h_prev": ht1[0]} | ({"c_prev": ht1[mem]} if mem >= 0 else {})
+    ht0 = _heights(tp, states)  # at t the state sources are the t-1 copies
     ops: list[int] = []
     steps: list[int] = []
     slots: list[int] = []
-    depth: list[int] = []
-    parent: list[int] = []
+    height: list[int] = []
+    weight: list[int] = []
+    src: list[int] = []
+    dst: list[int] = []
     gmap = [0] * len(names)
-
-    def block(a: int, b: int, gp: int, s: int, d: int) -> None:
-        base = len(ops)
-        ops.extend(op1[a:b])
-        steps.extend([1] * (b - a))
-        slots.append(s)
-        slots.extend(slot_l[a + 1:b])
-        dd = d - dep[a]
-        depth.extend([x + dd for x in dep[a:b]])
-        off = base - a
-        parent.append(gp)
-        parent.extend([p + off for p in par[a + 1:b]])
-
+    tops: dict[int, list[int]] = {0: []}  # template index of a copied subtree's top -> its nodes at t
+    tops.setdefault(mem, [])  # (the same list when the cell's top operator is its Memory)
     for i, name in enumerate(names):
-        gp = gmap[par[i]] if par[i] >= 0 else -1
-        if name == "h_prev":
-            block(0, len(names), gp, slot_l[i], dep[i])
-        elif name == "c_prev" and mem >= 0:
-            block(mem, tp.end[mem], gp, slot_l[i], dep[i])
+        top = 0 if name == "h_prev" else mem if name == "c_prev" else -1
+        g = len(ops)
+        if top >= 0:
+            ops.append(op1[top])
+            steps.append(1)
+            height.append(ht1[top])
+            tops[top].append(g)
         else:
-            gmap[i] = len(ops)
+            gmap[i] = g
             ops.append(op0[i])
             steps.append(step0[i])
-            slots.append(slot_l[i])
-            depth.append(dep[i])
-            parent.append(gp)
-    return ops, steps, slots, depth, parent
+            height.append(ht0[i])
+        slots.append(slot_l[i])
+        weight.append(1)
+        if par[i] >= 0:
+            src.append(g)
+            dst.append(gmap[par[i]])
+    lo = 0 if tops[0] else mem if mem >= 0 and tops[mem] else -1
+    if lo < 0:
+        return ops, steps, slots, height, weight, src, dst
+    in_mem = tops[mem] if mem != lo else []  # c_prev tops besides the copied cell
+    for i in range(lo + 1, tp.end[lo]):  # the shared copy, below its top
+        g = len(ops)
+        gmap[i] = g
+        ops.append(op1[i])
+        steps.append(1)
+        slots.append(slot_l[i])
+        height.append(ht1[i])
+        weight.append(len(tops[lo]) + (len(in_mem) if mem < i < tp.end[mem] else 0))
+        p = par[i]
+        for parent in tops[lo] if p == lo else [gmap[p], *in_mem] if p == mem else [gmap[p]]:
+            src.append(g)
+            dst.append(parent)
+    return ops, steps, slots, height, weight, src, dst
 
 
 def dag_arrays(tp: Template, op_index: dict[str, int]) -> tuple[list, ...]:

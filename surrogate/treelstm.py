@@ -1,9 +1,11 @@
-"""Child-sum TreeLSTM (Tai et al. 2015) over the tree form, computed one depth level at a time for a whole batch.
+"""Child-sum TreeLSTM (Tai et al. 2015) over the tree form, computed one height level at a time for a whole batch.
 
-All nodes of one depth (across every tree of the batch) are one tensor operation: their children are exactly
-the nodes of the next deeper level, so the gate inputs are gathered with index tensors prepared by
-`batch_graphs` and summed with `index_add`. Non-commutative arguments are told apart by the slot feature of
-each child (child-sum itself is order-free). The score reads the root state and the mean node state.
+All nodes of one height (across every tree of the batch) are one tensor operation: their children are all
+lower, so their states are gathered from a buffer of the levels already done with index tensors prepared by
+`batch_graphs`. A node's state depends only on its subtree, so each distinct subtree of the batch is computed
+once (the compressed tree form) and the result equals the node-by-node TreeLSTM on the full unrolled trees.
+Non-commutative arguments are told apart by the slot feature of each child (child-sum itself is order-free).
+The score reads the root state and the mean node state (weighted by occurrences in the full tree).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from evonas.surrogate.graph import N_SLOTS, N_STEPS, VOCAB, GraphBatch
 from evonas.surrogate.model import Ranker, register
 from torch import nn
@@ -66,20 +67,17 @@ class TreeLSTMRanker(Ranker):
         fid = feature_id(nd["op"], nd["step"], nd["slot"])
         table = self.x.table()
         hid = self.hidden
-        sizes = batch.level_sizes
-        b = batch.batch_size
-        gid = batch.graph_id
-        hs: list[torch.Tensor] = []
-        below = table.new_zeros(1, 3 * hid)  # [h | c | U_f h] of the level below, plus a zero padding row
+        n_all = batch.g.num_nodes()
+        # [h | c | U_f h] of every node, written level by level (in place: the gathers keep only indices),
+        # plus a zero row that the children padding points at
+        done = table.new_zeros(n_all + 1, 3 * hid)
         start = 0
-        for d in range(len(sizes) - 1, -1, -1):
-            n = sizes[d]
+        for n, idx in zip(batch.level_sizes, batch.levels, strict=True):
             x = table[fid[start:start + n]]
             iou = x[:, : 3 * hid]
-            idx = batch.levels[d]  # [n, k] children in the level below, padded with the zero row
             fc = None
             if idx.shape[1]:
-                hc, cc, ufc = below[idx].split(hid, dim=2)
+                hc, cc, ufc = done[idx].split(hid, dim=2)
                 f = torch.sigmoid(x[:, None, 3 * hid:] + ufc)
                 fc = (f * cc).sum(1)
                 iou = iou + self.u_iou(hc.sum(1))
@@ -88,13 +86,14 @@ class TreeLSTMRanker(Ranker):
             if fc is not None:
                 c = c + fc
             h = gates[:, hid:] * torch.tanh(c)
-            hs.append(h)
-            if d:
-                below = F.pad(torch.cat([h, c, self.u_f(h)], dim=1), (0, 0, 0, 1))
+            done[start:start + n] = torch.cat([h, c, self.u_f(h)], dim=1)
             start += n
-        counts = torch.bincount(gid, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)
-        pool = h.new_zeros(b, hid).index_add(0, gid, torch.cat(hs))
-        return h, pool / counts  # roots (the last level, in batch order) and mean node state
+        h_all = done[:n_all, :hid]
+        b = batch.batch_size
+        w = batch.pool_weight.to(h_all.dtype)
+        total = h_all.new_zeros(b).index_add(0, batch.pool_cell, w).clamp(min=1).unsqueeze(1)
+        pool = h_all.new_zeros(b, hid).index_add(0, batch.pool_cell, h_all[batch.pool_node] * w.unsqueeze(1))
+        return h_all[batch.roots], pool / total
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         roots, mean = self.encode(batch)

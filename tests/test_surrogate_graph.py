@@ -35,7 +35,7 @@ RNN = "Tanh(Add(MM(x),MM(h_prev)))"
 
 def _np(gr) -> SimpleNamespace:
     """The graph's lists as numpy arrays, for fancy indexing in assertions."""
-    fields = ("op", "step", "slot", "depth", "src", "dst", "eslot")
+    fields = ("op", "step", "slot", "level", "src", "dst", "eslot")
     arrays = {f: np.asarray(getattr(gr, f), dtype=np.int64) for f in fields}
     return SimpleNamespace(**arrays, root=gr.root, num_nodes=gr.num_nodes)
 
@@ -72,7 +72,7 @@ def test_plain_rnn_unrolled_by_hand():
     # t: Tanh Add MM x MM [t-1: Tanh Add MM x MM h_prev]
     assert names == ["Tanh", "Add", "MM", "x", "MM", "Tanh", "Add", "MM", "x", "MM", "h_prev"]
     assert list(g.step) == [0] * 5 + [1] * 6
-    assert list(g.depth) == [0, 1, 2, 3, 2, 3, 4, 5, 6, 5, 6]
+    assert list(g.level) == [6, 5, 1, 0, 4, 3, 2, 1, 0, 1, 0]  # height above the deepest leaf below
 
 
 def test_t_minus_2_sources_stay_leaves_and_no_state_source_at_t():
@@ -136,11 +136,14 @@ def test_dag_shares_the_t_minus_1_cell_and_sources():
 def test_any_well_formed_cell_unrolls(cell):
     t = T(cell)
     assert t.num_nodes == _expected_tree_size(cell)
-    assert t.root == 0 and t.depth[0] == 0 and (t.depth[t.src] == t.depth[t.dst] + 1).all()
+    assert t.root == 0 and (t.level[t.src] < t.level[t.dst]).all()
+    highest_child = np.full(t.num_nodes, -1)
+    np.maximum.at(highest_child, t.dst, t.level[t.src])
+    assert (t.level == highest_child + 1).all()  # height: one above the highest child, leaves 0
     d = D(cell)
     assert d.num_nodes <= t.num_nodes
-    assert (d.depth[d.src] > d.depth[d.dst]).all()  # acyclic, edges go towards the root
-    assert d.depth[d.root] == 0
+    assert (d.level[d.src] > d.level[d.dst]).all()  # acyclic, edges go towards the root
+    assert d.level[d.root] == 0
 
 
 def test_cache_keys_on_canonical_text():
@@ -153,22 +156,66 @@ def test_cache_keys_on_canonical_text():
         cache.get("Tanh(Add(MM(x),MM(h_prev))")
 
 
-def test_tree_batch_levels_are_consistent():
+def _subtree_keys(g) -> tuple[list, list]:
+    """Per node of a full tree: a hashable key of its whole subtree (operator, step, slot, children's keys)."""
+    kids: dict[int, list[int]] = {}
+    for c, p in zip(g.src.tolist(), g.dst.tolist(), strict=True):
+        kids.setdefault(p, []).append(c)
+    keys: list = [None] * g.num_nodes
+    for i in sorted(range(g.num_nodes), key=lambda i: g.level[i]):
+        keys[i] = (int(g.op[i]), int(g.step[i]), int(g.slot[i]), tuple(keys[c] for c in kids.get(i, [])))
+    return keys, kids
+
+
+def test_tree_batch_merges_equal_subtrees_and_keeps_the_trees():
     gs = [T(parse(t)) for t in (RNN, GRU, LSTM)]
-    b = batch_graphs(gs, "tree")
-    assert sum(b.level_sizes) == b.g.num_nodes() == sum(g.num_nodes for g in gs)
-    depth = b.g.ndata["depth"].numpy()
-    assert (np.diff(depth) <= 0).all()  # deepest first
+    b = batch_graphs([tree_graph(parse(t)) for t in (RNN, GRU, LSTM)], "tree")
+    all_keys = [_subtree_keys(g)[0] for g in gs]
+    distinct = {k for keys in all_keys for k in keys}
+    assert sum(b.level_sizes) == b.g.num_nodes() == len(distinct) < sum(g.num_nodes for g in gs)
+    level = b.g.ndata["level"].numpy()
+    assert (np.diff(level) >= 0).all()  # lowest level first, one contiguous block per level
     assert [VOCAB[o] for o in b.g.ndata["op"][b.roots].tolist()] == ["Tanh", "Gate3", "Mult"]
-    n_edges = sum(int((lv < size).sum()) for lv, size in zip(b.levels, b.level_sizes[1:] + [0], strict=False))
+    # rebuild every node's subtree key from the batch: the merged graph holds exactly the distinct subtrees
+    op, step, slot = (b.g.ndata[k].numpy() for k in ("op", "step", "slot"))
+    bkeys: list = [None] * b.g.num_nodes()
+    start = 0
+    for size, idx in zip(b.level_sizes, b.levels, strict=True):
+        for r in range(size):
+            v = start + r
+            bkeys[v] = (int(op[v]), int(step[v]), int(slot[v]), tuple(bkeys[c] for c in idx[r].tolist()
+                                                                      if c < b.g.num_nodes()))
+        start += size
+    assert set(bkeys) == distinct and len(set(bkeys)) == len(bkeys)
+    # pooling triples: each node counted as often as it occurs in each cell
+    for cell, keys in enumerate(all_keys):
+        mask = b.pool_cell == cell
+        got = {bkeys[v]: int(w) for v, w in zip(b.pool_node[mask].tolist(), b.pool_weight[mask].tolist(),
+                                                  strict=True)}
+        want: dict = {}
+        for k in keys:
+            want[k] = want.get(k, 0) + 1
+        assert got == want
+        assert bkeys[int(b.roots[cell])] == keys[0]
+    # the DGL graph's edges are the children lists
+    n_edges = sum(int((lv < b.g.num_nodes()).sum()) for lv in b.levels)
     assert n_edges == b.g.num_edges()
 
 
 def test_single_cell_graph_is_a_dgl_graph():
     g = cell_graph(LSTM, "dag")
     assert g.num_nodes() == D(parse(LSTM)).num_nodes
-    assert set(g.ndata) == {"op", "step", "slot", "depth"} and "slot" in g.edata
+    assert set(g.ndata) == {"op", "step", "slot", "level"} and "slot" in g.edata
     assert len(list(preorder(parse(LSTM)))) < cell_graph(LSTM, "tree").num_nodes()
+
+
+def _same_batch(a, b) -> bool:
+    """Two GraphBatches hold the same arrays."""
+    tensors = [(a.roots, b.roots), (a.pool_cell, b.pool_cell), (a.pool_node, b.pool_node),
+               (a.pool_weight, b.pool_weight), *zip(a.levels, b.levels, strict=True)]
+    tensors += [(a.g.ndata[k], b.g.ndata[k]) for k in ("op", "step", "slot", "level")]
+    tensors += [(x, y) for x, y in zip(a.g.edges(), b.g.edges(), strict=True)]
+    return a.level_sizes == b.level_sizes and all(x.shape == y.shape and bool((x == y).all()) for x, y in tensors)
 
 
 @settings(max_examples=40)
@@ -177,13 +224,27 @@ def test_fast_path_reads_any_spelling_like_the_parser(pair):
     node, text = pair
     tp = template(text)
     assert tp is not None and tp.key == canonical_text(node)
-    for form, reference in (("tree", tree_graph), ("dag", dag_graph)):
-        fast, ref = _from_template(tp, form), reference(node)
-        for f in ("op", "step", "slot", "depth"):
-            assert getattr(fast, f) == getattr(ref, f)
-        assert fast.root == ref.root
-        edges = sorted(zip(fast.src, fast.dst, fast.eslot, strict=True))
-        assert edges == sorted(zip(ref.src, ref.dst, ref.eslot, strict=True))
+    fast, ref = _from_template(tp, "dag"), dag_graph(node)
+    for f in ("op", "step", "slot", "level", "weight"):
+        assert getattr(fast, f) == getattr(ref, f)
+    assert fast.root == ref.root
+    edges = sorted(zip(fast.src, fast.dst, fast.eslot, strict=True))
+    assert edges == sorted(zip(ref.src, ref.dst, ref.eslot, strict=True))
+    # tree form: the fast graph holds the t-1 copy once, weighted; batched, it is the full tree merged
+    fast, ref = _from_template(tp, "tree"), tree_graph(node)
+    assert sum(fast.weight) == ref.num_nodes and fast.num_nodes <= ref.num_nodes
+    assert _same_batch(batch_graphs([fast], "tree"), batch_graphs([ref], "tree"))
+    assert _same_batch(batch_graphs([fast, ref], "tree"), batch_graphs([ref, ref], "tree"))
+
+
+@pytest.mark.parametrize("text", [RNN, GRU, LSTM, "Sub(x_prev,h_prev)", "Memory(Add(c_prev,MM(x)))",
+                                  "Memory(Add(c_prev,MM(h_prev)))", "Tanh(Add(Memory(Add(c_prev,MM(x))),MM(x)))",
+                                  "Gate3(Memory(Mult(c_prev,h_prev)),c_prev,Sigmoid(h_prev))"])
+def test_shared_copy_is_the_full_tree_merged(text):
+    node = parse(text)
+    fast, ref = _from_template(template(text), "tree"), tree_graph(node)
+    assert sum(fast.weight) == ref.num_nodes
+    assert _same_batch(batch_graphs([fast], "tree"), batch_graphs([ref], "tree"))
 
 
 @settings(max_examples=150)
