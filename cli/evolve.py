@@ -22,7 +22,7 @@ class SurrogateScreen:
     exact model the interrupted run would have used instead of refitting from scratch.
     """
 
-    def __init__(self, kind: str, run_dir: Path, seed: int, ensemble: int = 1):
+    def __init__(self, kind: str, run_dir: Path, seed: int, ensemble: int = 3):
         from evonas.surrogate.api import make_surrogate
 
         self.kind, self.seed = kind, seed
@@ -58,7 +58,7 @@ class SurrogateScreen:
             self.learn(records)
 
 
-def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int = 1) -> Any:
+def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int = 3) -> Any:
     """The surrogate screen named by the config, or None; evonas.surrogate is imported only when asked for."""
     if kind == "none":
         return None
@@ -99,7 +99,7 @@ def _summary(best: dict) -> None:
 @click.option("--surrogate", type=click.Choice(["none", "treelstm", "gnn"]), default=None,
               help="Screen offspring with a learned ranker.")
 @click.option("--surrogate-ensemble", type=click.IntRange(1), default=None,
-              help="Models in the screen's ensemble (default 1; 3 ranks better, fits 3x slower).")
+              help="Models in the screen's ensemble (default 3: ranks better than 1, fits 3x slower).")
 def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **overrides: Any) -> None:
     """Search for recurrent cells by evolution; one logbook line per generation on stdout, progress on stderr."""
     from evonas.evolution.config import RunConfig

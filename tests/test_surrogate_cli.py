@@ -204,3 +204,22 @@ def test_run_config_rejects_a_bad_ensemble_size():
 
     with pytest.raises(ConfigError, match="surrogate_ensemble must be an integer >= 1, got 0"):
         RunConfig.from_dict({"surrogate_ensemble": 0})
+
+
+def test_every_entry_point_defaults_to_the_same_ensemble_size():
+    """The API, `evonas surrogate train`, the search's run config and configs/default.yaml agree on K."""
+    import inspect
+
+    import yaml
+    from evonas.cli.evolve import DEFAULT_CONFIG, make_screen
+    from evonas.cli.surrogate import train_cmd
+    from evonas.surrogate.api import DEFAULT_ENSEMBLE, make_surrogate
+
+    from evonas.evolution.config import RunConfig
+
+    cli_default = next(p.default for p in train_cmd.params if p.name == "ensemble")
+    yaml_default = yaml.safe_load(DEFAULT_CONFIG.read_text())["surrogate_ensemble"]
+    signature_defaults = [inspect.signature(f).parameters["ensemble"].default
+                          for f in (Surrogate, make_surrogate, make_screen)]
+    found = [cli_default, yaml_default, RunConfig().surrogate_ensemble, *signature_defaults]
+    assert found == [DEFAULT_ENSEMBLE] * len(found), f"expected every default to be {DEFAULT_ENSEMBLE}, got {found}"

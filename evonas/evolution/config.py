@@ -39,7 +39,8 @@ class RunConfig:
     out: str | None = None
     seed_cells: list[str] = field(default_factory=lambda: ["tanh_rnn", "lstm", "gru"])
     surrogate: str = "none"
-    surrogate_ensemble: int = 1  # models in the screen's ensemble (3 TreeLSTMs rank better than one; 3x the fit time)
+    surrogate_ensemble: int = 3  # models in the screen's ensemble (= surrogate.api.DEFAULT_ENSEMBLE: 3 TreeLSTMs rank
+    #                              better than one, at 3x the fit time)
     screen_factor: int = 4  # with a screen: candidates generated per cell trained
     explore_share: float = 0.25  # with a screen: share of the trained cells drawn by weighted sampling
     selection: str = "tournament"
