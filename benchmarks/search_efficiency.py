@@ -81,14 +81,15 @@ def run_config(task: str, data: str | None, seed: int, surrogate: str, args: arg
         "task": task, "data": data, "seed": seed, "generations": args.gens, "population": args.population,
         "offspring": args.offspring, "workers": args.workers, "device": "cpu", "surrogate": surrogate,
         "seed_cells": list(args.seed_cells), "screen_factor": args.screen_factor, "eval_timeout": args.timeout,
+        "surrogate_ensemble": args.surrogate_ensemble,
     })
 
 
-def make_screen(kind: str, run_dir: Path, seed: int):
+def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int):
     """The surrogate screen of `evonas evolve`, wrapped so every prediction is logged for the report."""
     from evonas.cli.evolve import make_screen as cli_screen
 
-    return RecordingScreen(cli_screen(kind, run_dir, seed), run_dir)
+    return RecordingScreen(cli_screen(kind, run_dir, seed, ensemble), run_dir)
 
 
 def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screened: bool, surrogate: str) -> None:
@@ -96,7 +97,7 @@ def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screen
     rng = random.Random(cfg.seed)
     tb = make_toolbox(cfg, rng)
     write_config(run_dir, {**cfg.to_dict(), "method": "random+sur" if screened else "random"})
-    screen = make_screen(surrogate, run_dir, cfg.seed) if screened else None
+    screen = make_screen(surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble) if screened else None
     from evonas.cells import library
 
     seeds = [library.resolve(s) for s in cfg.seed_cells]
@@ -171,7 +172,7 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
         run_dir.mkdir(parents=True)
         t0 = time.monotonic()
         if method.startswith("evo"):
-            screen = make_screen(surrogate, run_dir, seed) if surrogate != "none" else None
+            screen = make_screen(surrogate, run_dir, seed, cfg.surrogate_ensemble) if surrogate != "none" else None
             Search(cfg, run_dir, evaluator=evaluator, screen=screen, budget=budget, stdout=io.StringIO(),
                    stderr=io.StringIO()).run()
         else:
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jsb-steps", type=int, default=0, help="also cap JSB training at this many steps (0: no cap)")
     p.add_argument("--hidden", type=int, default=0, help="hidden size (0: the task's default)")
     p.add_argument("--surrogate", default="treelstm", choices=["treelstm", "gnn"])
+    p.add_argument("--surrogate-ensemble", type=int, default=1,
+                   help="models in the screen (1 reproduces the README's table; `evonas evolve` defaults to 3)")
     p.add_argument("--screen-factor", type=int, default=4)
     p.add_argument("--seed-cells", default="", help="comma list of library cells every method trains first")
     p.add_argument("--methods", default=",".join(METHODS))

@@ -48,9 +48,15 @@ def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed:
         report = model.fit(records, epochs=epochs)
     model.save(out)
     fails = sum(r.score is None for r in records)
-    click.echo(f"trained {model.kind} on {len(records)} cells ({fails} failed/diverged): {report.epochs} epochs, "
-               f"best held-out loss {report.best_valid_loss if report.best_valid_loss is not None else 'n/a'} "
-               f"at epoch {report.best_epoch}, {report.seconds:.1f}s -> {out}")
+    fits = model.member_fits or [report]
+
+    def each(values: list) -> str:
+        return "/".join(str(v) for v in values)
+
+    losses = each(["n/a" if f.best_valid_loss is None else f"{f.best_valid_loss:.4f}" for f in fits])
+    click.echo(f"trained {len(fits)} {model.kind} model(s) on {len(records)} cells ({fails} failed/diverged): "
+               f"epochs {each([f.epochs for f in fits])}, best held-out ranking loss {losses} "
+               f"at epoch {each([f.best_epoch for f in fits])}, {sum(f.seconds for f in fits):.1f}s -> {out}")
 
 
 @surrogate.command("evaluate")

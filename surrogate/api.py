@@ -49,6 +49,7 @@ class Surrogate:
         self.data_digest: str | None = None
         self.n_records = 0
         self.last_fit: FitReport | None = None
+        self.member_fits: list[FitReport] = []  # one report per ensemble member, from the last fit
         self._graphs = GraphCache(self.model.form)
 
     def _build(self, sizes: dict[str, Any]) -> Ensemble:
@@ -73,12 +74,13 @@ class Surrogate:
         targets = self.normaliser.targets([r.score for r in recs])
         graphs = self._graphs.many([r.cell for r in recs])
         n_epochs = epochs if epochs is not None else (WARM_EPOCHS if warm_start else self.fit_config.epochs)
-        report = FitReport()
+        report, self.member_fits = FitReport(), []
         with torch.random.fork_rng():
             for k, member in enumerate(self.model.members):
                 torch.manual_seed(self.seed * 1009 + k)
                 cfg = FitConfig(**{**asdict(self.fit_config), "epochs": n_epochs, "seed": self.seed * 1009 + k})
                 report = fit_model(member, graphs, targets, cfg)
+                self.member_fits.append(report)
         self.model.eval()
         self.fitted = True
         self.data_digest = digest(recs)

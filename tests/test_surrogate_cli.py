@@ -64,11 +64,12 @@ def model(tmp_path, data_csv):
 
 
 def test_train_writes_a_loadable_model(model, rows):
-    assert "trained treelstm on 40 cells (5 failed/diverged)" in CliRunner().invoke(
+    out = CliRunner().invoke(
         cli, ["surrogate", "train", str(model.parent / "data.csv"), "--out", str(model.parent / "m2"), "--epochs",
               "1"], obj={}).output
+    assert "trained 3 treelstm model(s) on 40 cells (5 failed/diverged): epochs 1/1/1" in out, out
     s = Surrogate.load(model)
-    assert s.kind == "treelstm" and s.n_records == 40 and s.fitted
+    assert s.kind == "treelstm" and s.n_records == 40 and s.fitted and s.ensemble_size == 3
 
 
 def test_gnn_from_jsonl(tmp_path, rows):
