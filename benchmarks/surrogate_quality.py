@@ -4,7 +4,8 @@ For each of --splits random splits: --train cells for training, the rest held ou
 in both parts (ranked below every success, tied among themselves). Prints Kendall tau, Spearman and top-10%
 precision on the held-out part per split, and mean +- std over splits.
 
-    .venv/bin/python benchmarks/surrogate_quality.py benchmarks/data/surrogate_cells.csv --splits 5 --train 200
+    .venv/bin/python benchmarks/surrogate_quality.py benchmarks/data/surrogate_cells.csv --splits 5 --train 200 \
+        --threads 1 [--ensemble 1] [--kinds treelstm,gnn]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from evonas.surrogate.api import Surrogate
+from evonas.surrogate.api import DEFAULT_ENSEMBLE, Surrogate
 from evonas.surrogate.data import read_records
 from evonas.surrogate.graph import VOCAB
 from evonas.surrogate.metrics import ranking_metrics
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="only these split indices (comma-separated), e.g. to use 2 processes")
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--kinds", default="treelstm,gnn")
-    ap.add_argument("--ensemble", type=int, default=1)
+    ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, help="models per surrogate (1: a single model)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=None, help="hidden and head size (default: the model's own)")

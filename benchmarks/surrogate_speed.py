@@ -6,7 +6,8 @@ model, the realistic case for new offspring) and again with the cache filled ("w
 seconds per epoch on --train-cells cells (batch 64, no early stopping). Run on an otherwise idle machine for
 meaningful numbers; the load average is printed alongside.
 
-    .venv/bin/python benchmarks/surrogate_speed.py --cells 20000 --repeats 3 --train-cells 1000 --hidden 64,32
+    .venv/bin/python benchmarks/surrogate_speed.py --cells 10000 --repeats 5 --train-cells 1000 --hidden 64 \
+        [--ensemble 1]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 
 import torch
-from evonas.surrogate.api import Surrogate
+from evonas.surrogate.api import DEFAULT_ENSEMBLE, Surrogate
 from evonas.surrogate.sample import random_cell
 from evonas.surrogate.train import FitConfig
 
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-cells", type=int, default=1000)
     ap.add_argument("--kinds", default="treelstm,gnn")
     ap.add_argument("--hidden", default="64,32", help="hidden sizes to measure (comma-separated)")
-    ap.add_argument("--ensemble", type=int, default=1, help="models per surrogate (graphs are built once for all)")
+    ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
+                    help="models per surrogate (graphs are built once for all; 1: a single model)")
     args = ap.parse_args(argv)
     texts = distinct_cells(args.cells, seed=7)
     print(f"{len(texts)} distinct cells; cpus {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")

@@ -73,11 +73,11 @@ class TreeLSTMRanker(Ranker):
         done = table.new_zeros(n_all + 1, 3 * hid)
         start = 0
         for n, idx in zip(batch.level_sizes, batch.levels, strict=True):
-            x = table[fid[start:start + n]]
+            x = table.index_select(0, fid[start:start + n])  # (index_select: faster than [] indexing)
             iou = x[:, : 3 * hid]
             fc = None
             if idx.shape[1]:
-                hc, cc, ufc = done[idx].split(hid, dim=2)
+                hc, cc, ufc = done.index_select(0, idx.reshape(-1)).view(n, -1, 3 * hid).split(hid, dim=2)
                 f = torch.sigmoid(x[:, None, 3 * hid:] + ufc)
                 fc = (f * cc).sum(1)
                 iou = iou + self.u_iou(hc.sum(1))
@@ -92,7 +92,8 @@ class TreeLSTMRanker(Ranker):
         b = batch.batch_size
         w = batch.pool_weight.to(h_all.dtype)
         total = h_all.new_zeros(b).index_add(0, batch.pool_cell, w).clamp(min=1).unsqueeze(1)
-        pool = h_all.new_zeros(b, hid).index_add(0, batch.pool_cell, h_all[batch.pool_node] * w.unsqueeze(1))
+        pool = h_all.new_zeros(b, hid).index_add(0, batch.pool_cell,
+                                                 h_all.index_select(0, batch.pool_node) * w.unsqueeze(1))
         return h_all[batch.roots], pool / total
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
