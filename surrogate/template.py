@@ -123,11 +123,14 @@ def template_of(cell: Node) -> Template:
 
 
 def _labels(tp: Template, op_index: dict[str, int]) -> tuple[list[int], list[int], list[int]]:
-    """Operator index at t (x_prev at t is x at t-1), its step, and the operator index at t-1."""
-    op1 = [op_index[n] for n in tp.names]
+    """Operator index at t (x_prev at t is x at t-1), its step, and the operator index at t-1 (do not mutate)."""
+    names = tp.names
+    op1 = list(map(op_index.__getitem__, names))
+    if "x_prev" not in names:
+        return op1, [0] * len(names), op1
     x = op_index["x"]
-    op0 = [x if n == "x_prev" else o for n, o in zip(tp.names, op1, strict=True)]
-    step0 = [1 if n == "x_prev" else 0 for n in tp.names]
+    op0 = [x if n == "x_prev" else o for n, o in zip(names, op1, strict=True)]
+    step0 = [1 if n == "x_prev" else 0 for n in names]
     return op0, step0, op1
 
 
@@ -145,61 +148,46 @@ def _heights(tp: Template, leaf: dict[str, int]) -> list[int]:
 def tree_arrays(tp: Template, op_index: dict[str, int]) -> tuple[list[int], ...]:
     """The unrolled tree with the t-1 copy held once: (op, step, slot, height, weight, src, dst); root = node 0.
 
-    Each `h_prev` at t becomes a node for the t-1 cell's top operator (in the `h_prev`'s slot) whose children are
-    one shared copy of the rest of the t-1 cell; each `c_prev` likewise becomes a t-1 `Memory` node over the
-    shared copy of the Memory's children. `weight` counts occurrences in the full tree (`graph.tree_graph`):
-    expanding the shared copy gives it back. `height` is the distance above the deepest leaf below the node.
+    Nodes 0..n-1 are the cell at t in pre-order, except that each `h_prev` is a node for the t-1 cell's top
+    operator (in the `h_prev`'s slot) and each `c_prev` a t-1 `Memory` node; their children are one shared copy
+    of the t-1 cell below its top (nodes n...). `weight` counts occurrences in the full tree
+    (`graph.tree_graph`): expanding the shared copy gives it back. `height` is the distance above the deepest
+    leaf below the node.
     """
     op0, step0, op1 = _labels(tp, op_index)
     names, par, slot_l = tp.names, tp.parent, tp.slot
+    n = len(names)
     mem = names.index("Memory") if "Memory" in names else -1
     ht1 = _heights(tp, {})  # the t-1 copy: its sources stay leaves
     states = {"h_prev": ht1[0]} | ({"c_prev": ht1[mem]} if mem >= 0 else {})
-    ht0 = _heights(tp, states)  # at t the state sources are the t-1 copies
-    ops: list[int] = []
-    steps: list[int] = []
-    slots: list[int] = []
-    height: list[int] = []
-    weight: list[int] = []
-    src: list[int] = []
-    dst: list[int] = []
-    gmap = [0] * len(names)
-    tops: dict[int, list[int]] = {0: []}  # template index of a copied subtree's top -> its nodes at t
-    tops.setdefault(mem, [])  # (the same list when the cell's top operator is its Memory)
-    for i, name in enumerate(names):
-        top = 0 if name == "h_prev" else mem if name == "c_prev" else -1
-        g = len(ops)
-        if top >= 0:
-            ops.append(op1[top])
-            steps.append(1)
-            height.append(ht1[top])
-            tops[top].append(g)
-        else:
-            gmap[i] = g
-            ops.append(op0[i])
-            steps.append(step0[i])
-            height.append(ht0[i])
-        slots.append(slot_l[i])
-        weight.append(1)
-        if par[i] >= 0:
-            src.append(g)
-            dst.append(gmap[par[i]])
-    lo = 0 if tops[0] else mem if mem >= 0 and tops[mem] else -1
-    if lo < 0:
+    height = _heights(tp, states)  # at t the state sources are the t-1 copies
+    h_sites = [i for i, name in enumerate(names) if name == "h_prev"]
+    c_sites = [i for i, name in enumerate(names) if name == "c_prev"] if mem >= 0 else []
+    top_op = {i: op1[0] for i in h_sites} | {i: op1[mem] for i in c_sites}
+    ops = [top_op.get(i, o) for i, o in enumerate(op0)]
+    steps = [1 if i in top_op else s for i, s in enumerate(step0)]
+    slots = list(slot_l)
+    weight = [1] * n
+    src = list(range(1, n))
+    dst = list(par[1:])
+    if h_sites:
+        lo, tops, in_mem = 0, h_sites + (c_sites if mem == 0 else []), c_sites if mem > 0 else []
+    elif c_sites:
+        lo, tops, in_mem = mem, c_sites, []
+    else:
         return ops, steps, slots, height, weight, src, dst
-    in_mem = tops[mem] if mem != lo else []  # c_prev tops besides the copied cell
-    for i in range(lo + 1, tp.end[lo]):  # the shared copy, below its top
-        g = len(ops)
-        gmap[i] = g
-        ops.append(op1[i])
-        steps.append(1)
-        slots.append(slot_l[i])
-        height.append(ht1[i])
-        weight.append(len(tops[lo]) + (len(in_mem) if mem < i < tp.end[mem] else 0))
+    hi, off = tp.end[lo], n - lo - 1  # the shared copy: template nodes lo+1..hi-1 become nodes i + off
+    ops += op1[lo + 1:hi]
+    steps += [1] * (hi - lo - 1)
+    slots += slot_l[lo + 1:hi]
+    height += ht1[lo + 1:hi]
+    mem_end = tp.end[mem] if in_mem else -1
+    weight += [len(tops) + (len(in_mem) if mem < i < mem_end else 0) for i in range(lo + 1, hi)]
+    for i in range(lo + 1, hi):
         p = par[i]
-        for parent in tops[lo] if p == lo else [gmap[p], *in_mem] if p == mem else [gmap[p]]:
-            src.append(g)
-            dst.append(parent)
+        parents = tops if p == lo else [p + off, *in_mem] if p == mem else [p + off]
+        src += [i + off] * len(parents)
+        dst += parents
     return ops, steps, slots, height, weight, src, dst
 
 
