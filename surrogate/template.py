@@ -24,12 +24,11 @@ _SOURCE_SET = frozenset(SOURCES)
 @dataclass
 class Template:
     """A cell in pre-order: names (aliases resolved), parent index (-1 = root), argument slot (1-based for the
-    non-commutative operators, else 0), depth, subtree end (one past the last pre-order index), canonical key."""
+    non-commutative operators, else 0), subtree end (one past the last pre-order index), canonical key."""
 
     names: list[str]
     parent: list[int]
     slot: list[int]
-    depth: list[int]
     end: list[int]
     key: str
 
@@ -44,7 +43,6 @@ def template(text: str) -> Template | None:
     names: list[str] = []
     parent: list[int] = []
     slot: list[int] = []
-    depth: list[int] = []
     end: list[int] = []
     children: list[list[int]] = []
     stack: list[list] = []  # [node index, name, arguments seen]
@@ -65,7 +63,6 @@ def template(text: str) -> Template | None:
         names.append(tok)
         parent.append(p)
         slot.append(s)
-        depth.append(len(stack))
         end.append(idx + 1)
         children.append([])
         if tok in _SOURCE_SET:
@@ -111,7 +108,7 @@ def template(text: str) -> Template | None:
         if names[k] in _COMMUTATIVE:
             parts.sort()
         texts[k] = f"{names[k]}({','.join(parts)})"
-    return Template(names, parent, slot, depth, end, texts[0])
+    return Template(names, parent, slot, end, texts[0])
 
 
 def template_of(cell: Node) -> Template:
