@@ -22,12 +22,7 @@ def run(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args], obj={}, catch_exceptions=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

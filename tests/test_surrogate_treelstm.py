@@ -14,13 +14,7 @@ from strategies import cells
 from evonas.cells import Node, parse
 from evonas.cells.library import library
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(model: TreeLSTMRanker, cell: Node) -> torch.Tensor:
