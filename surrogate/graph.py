@@ -200,7 +200,8 @@ _BUILDERS = {"tree": tree_graph, "dag": dag_graph}
 
 
 def _from_template(tp: Template, form: str) -> CellGraph:
-    """Fast builder (same graph as `tree_graph` / `dag_graph`, which are the readable reference)."""
+    """Fast builder. DAG form: the graph of `dag_graph`; tree form: the tree of `tree_graph` with the t-1 copy
+    held once and weighted (`tree_arrays`), which batches to the same merged trees."""
     if form == "tree":
         ops, steps, slots, height, weight, src, dst = tree_arrays(tp, OP_INDEX)
         return CellGraph(ops, steps, slots, height, src, dst, [slots[v] for v in src], 0, weight)
@@ -334,7 +335,6 @@ def batch_graphs(graphs: Sequence[CellGraph], form: str) -> GraphBatch:
     eoff = np.repeat(offsets, ecounts)
     src = cat("src", e_total) + eoff
     dst = cat("dst", e_total) + eoff
-    eslot = cat("eslot", e_total)
     roots = offsets + np.fromiter((gr.root for gr in graphs), np.int64, len(graphs))
     pool_cell = np.repeat(np.arange(len(graphs), dtype=np.int64), counts)
     pool_node = np.arange(n_total, dtype=np.int64)
@@ -357,6 +357,8 @@ def batch_graphs(graphs: Sequence[CellGraph], form: str) -> GraphBatch:
         parent, arg = np.nonzero(kids >= 0)
         src, dst = kids[parent, arg], parent
         eslot = slot[src]
+    else:
+        eslot = cat("eslot", e_total)
     g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=len(op))
     g.ndata["op"] = torch.from_numpy(op)
     g.ndata["step"] = torch.from_numpy(step)
