@@ -42,13 +42,13 @@ def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed:
         if kind is not None and kind != model.kind:
             raise ConfigError(f"--model {kind} does not match the kind of the --init model ({model.kind})")
         model.seed = seed
-        report = model.fit(records, warm_start=True, epochs=epochs)
+        model.fit(records, warm_start=True, epochs=epochs)
     else:
         model = Surrogate(kind or "treelstm", seed=seed, ensemble=ensemble)
-        report = model.fit(records, epochs=epochs)
+        model.fit(records, epochs=epochs)
     model.save(out)
     fails = sum(r.score is None for r in records)
-    fits = model.member_fits or [report]
+    fits = model.member_fits  # one report per ensemble member
 
     def each(values: list) -> str:
         return "/".join(str(v) for v in values)

@@ -156,7 +156,7 @@ def test_cache_keys_on_canonical_text():
         cache.get("Tanh(Add(MM(x),MM(h_prev))")
 
 
-def _subtree_keys(g) -> tuple[list, list]:
+def _subtree_keys(g) -> list:
     """Per node of a full tree: a hashable key of its whole subtree (operator, step, slot, children's keys)."""
     kids: dict[int, list[int]] = {}
     for c, p in zip(g.src.tolist(), g.dst.tolist(), strict=True):
@@ -164,13 +164,13 @@ def _subtree_keys(g) -> tuple[list, list]:
     keys: list = [None] * g.num_nodes
     for i in sorted(range(g.num_nodes), key=lambda i: g.level[i]):
         keys[i] = (int(g.op[i]), int(g.step[i]), int(g.slot[i]), tuple(keys[c] for c in kids.get(i, [])))
-    return keys, kids
+    return keys
 
 
 def test_tree_batch_merges_equal_subtrees_and_keeps_the_trees():
     gs = [T(parse(t)) for t in (RNN, GRU, LSTM)]
     b = batch_graphs([tree_graph(parse(t)) for t in (RNN, GRU, LSTM)], "tree")
-    all_keys = [_subtree_keys(g)[0] for g in gs]
+    all_keys = [_subtree_keys(g) for g in gs]
     distinct = {k for keys in all_keys for k in keys}
     assert sum(b.level_sizes) == b.g.num_nodes() == len(distinct) < sum(g.num_nodes for g in gs)
     level = b.g.ndata["level"].numpy()
