@@ -23,10 +23,10 @@ from pathlib import Path
 from _common import JSB
 
 from evonas.cells import Node, canonical_text, to_text
-from evonas.evaluators import Job, LocalEvaluator
-from evonas.model import CellModel, count_params
-from evonas.tasks import get_task
-from evonas.train import TrainConfig, settings
+from evonas.evaluation import Job, LocalEvaluator
+from evonas.nn.model import CellModel, count_params
+from evonas.training.tasks import get_task
+from evonas.training.train import TrainConfig, settings
 
 
 def param_count(cell: Node, config: TrainConfig, hidden: int) -> int:

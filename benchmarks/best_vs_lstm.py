@@ -34,8 +34,8 @@ from baselines import (
 from evonas.cells import canonical_text, to_text
 from evonas.cells.library import library, resolve
 from evonas.errors import CheckpointError
-from evonas.evaluators import Job
-from evonas.train import TrainConfig
+from evonas.evaluation import Job
+from evonas.training.train import TrainConfig
 
 
 def cell_from(arg: str) -> tuple[str, str]:

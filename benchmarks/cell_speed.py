@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from evonas.cells import EXTENDED, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
-from evonas.compiler import compile_cell
 from evonas.errors import CellError
+from evonas.nn.compiler import compile_cell
 
 LSTM = (
     "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Memory(Add(Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev),"

@@ -24,9 +24,9 @@ import torch
 from _common import JSB, load_average
 
 from evonas.cells.library import resolve
-from evonas.model import hidden_for_params
-from evonas.tasks.music import N_NOTES
-from evonas.train import TrainConfig, evaluate
+from evonas.nn.model import hidden_for_params
+from evonas.training.tasks.music import N_NOTES
+from evonas.training.train import TrainConfig, evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

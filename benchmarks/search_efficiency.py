@@ -36,15 +36,15 @@ from pathlib import Path
 
 from _common import JSB
 
-from evonas.archive import Archive, json_safe
-from evonas.evaluators import Job, LocalEvaluator
+from evonas.evaluation import Job, LocalEvaluator
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
-from evonas.evolution.runlog import append_logbook, write_config
 from evonas.evolution.toolbox import make_toolbox
-from evonas.report import RecordingScreen, best_so_far
-from evonas.train import TrainConfig
+from evonas.reporting.report import RecordingScreen, best_so_far
+from evonas.store.archive import Archive, json_safe
+from evonas.store.runlog import append_logbook, write_config
+from evonas.training.train import TrainConfig
 
 METHODS = {"random": "(a) random", "random+sur": "(b) random + surrogate", "evo": "(c) evolution",
            "evo+sur": "(d) evolution + surrogate"}
@@ -87,7 +87,7 @@ def run_config(task: str, data: str | None, seed: int, surrogate: str, args: arg
 
 def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int):
     """The surrogate screen of `evonas evolve`, wrapped so every prediction is logged for the report."""
-    from evonas.cli.evolve import make_screen as cli_screen
+    from evonas.surrogate.screen import make_screen as cli_screen
 
     return RecordingScreen(cli_screen(kind, run_dir, seed, ensemble), run_dir)
 
@@ -143,7 +143,7 @@ def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screen
 def str_cell(ind) -> str:
     """The cell text of a DEAP individual."""
     from evonas.cells import to_text
-    from evonas.evolution.toolbox import to_node
+    from evonas.evolution.genome import to_node
 
     return to_text(to_node(ind))
 
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     args.population -= len(args.seed_cells)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    from evonas import plots
+    from evonas.reporting import plots
 
     results: dict[str, dict[str, list[dict]]] = {}
     md = ["# Search efficiency", "", f"Command: `{' '.join(sys.argv)}`", "",

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/shakespeare.py [--data PATH] [--seconds 300] [--steps N] [--seeds 1]
        [--params 150000] [--cells lstm,gru,tanh_rnn] [--threads 1] [--clock cpu|wall]
-The single input.txt is split 90/5/5 at line breaks (evonas.tasks.text). Each cell gets the hidden size that
+The single input.txt is split 90/5/5 at line breaks (evonas.training.tasks.text). Each cell gets the hidden size that
 puts its model (tied embeddings) closest to --params. Loss in nats per character (bits = nats / ln 2).
 """
 
@@ -19,9 +19,9 @@ import torch
 from _common import SHAKESPEARE, load_average
 
 from evonas.cells.library import resolve
-from evonas.model import hidden_for_params
-from evonas.tasks import get_task
-from evonas.train import TrainConfig, evaluate
+from evonas.nn.model import hidden_for_params
+from evonas.training.tasks import get_task
+from evonas.training.train import TrainConfig, evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

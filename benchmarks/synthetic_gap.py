@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from evonas.tasks.synthetic import DEFAULTS
-from evonas.train import TrainConfig, evaluate
+from evonas.training.tasks.synthetic import DEFAULTS
+from evonas.training.train import TrainConfig, evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

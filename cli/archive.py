@@ -15,7 +15,7 @@ from evonas.errors import CheckpointError
 
 
 def _open(run: str):
-    from evonas.archive import Archive
+    from evonas.store.archive import Archive
 
     return Archive(run, create=False)
 

@@ -83,7 +83,7 @@ def show(name_or_text: str, as_json: bool, out: str | None, max_nodes: int, max_
     node = resolve(name_or_text)  # CellSyntaxError/CellError -> one line on stderr, exit code 2
     entry = lookup(name_or_text)
     if out is not None:
-        from evonas.cells.diagram import write_diagram
+        from evonas.reporting.diagram import write_diagram
 
         path = write_diagram(node, out, entry.name if entry is not None else "")  # EvonasError -> exit code 2
         click.echo(f"wrote {path}", err=True)

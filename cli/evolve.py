@@ -2,67 +2,16 @@
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+from evonas.surrogate.screen import make_screen
 
 from evonas.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-class SurrogateScreen:
-    """Adapts an `evonas.surrogate` ranker to the search's screen: score, refit after each generation, persist.
-
-    After generation g the refitted model is saved as `RUN/surrogate/gen-<g>`, so a resumed run reloads the
-    exact model the interrupted run would have used instead of refitting from scratch.
-    """
-
-    def __init__(self, kind: str, run_dir: Path, seed: int, ensemble: int = 3):
-        from evonas.surrogate.api import make_surrogate
-
-        self.kind, self.seed = kind, seed
-        self.folder = Path(run_dir) / "surrogate"
-        self.model = make_surrogate(kind, seed=seed, ensemble=ensemble)
-
-    def score(self, cells: list[str]) -> list[float]:
-        """Predicted validation loss (lower = better); NaN for all before the first fit (random choice)."""
-        if not self.model.fitted:
-            return [math.nan] * len(cells)
-        return self.model.score(cells)
-
-    def learn(self, records: list[dict]) -> None:
-        """Refit on the archive (warm start after the first fit) and save the model for this generation."""
-        if not records:
-            return
-        self.model.fit(records, warm_start=self.model.fitted)
-        gen = max(r.get("generation", 0) for r in records)
-        self.model.save(self.folder / f"gen-{gen:04d}")
-        for old in self.folder.glob("gen-*"):
-            if old.name < f"gen-{gen - 1:04d}":
-                shutil.rmtree(old, ignore_errors=True)
-
-    def on_resume(self, records: list[dict]) -> None:
-        """Reload the model saved after the last finished generation (refit when it is missing)."""
-        from evonas.surrogate.api import Surrogate
-
-        gen = max((r.get("generation", 0) for r in records), default=-1)
-        saved = self.folder / f"gen-{gen:04d}"
-        if saved.is_dir():
-            self.model = Surrogate.load(saved)
-        else:
-            self.learn(records)
-
-
-def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int = 3) -> Any:
-    """The surrogate screen named by the config, or None; evonas.surrogate is imported only when asked for."""
-    if kind == "none":
-        return None
-    return SurrogateScreen(kind, run_dir, seed, ensemble)
 
 
 def _summary(best: dict) -> None:
@@ -100,7 +49,9 @@ def _summary(best: dict) -> None:
               help="Screen offspring with a learned ranker.")
 @click.option("--surrogate-ensemble", type=click.IntRange(1), default=None,
               help="Models in the screen's ensemble (default 3: ranks better than 1, fits 3x slower).")
-def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **overrides: Any) -> None:
+@click.option("--show-config", is_flag=True, help="Print the whole resolved run config as YAML and exit.")
+def evolve(config_file: str | None, out: str | None, seed_cells: str | None, show_config: bool,
+           **overrides: Any) -> None:
     """Search for recurrent cells by evolution; one logbook line per generation on stdout, progress on stderr."""
     from evonas.evolution.config import RunConfig
     from evonas.evolution.loop import Search
@@ -110,6 +61,11 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, **o
     if seed_cells is not None:
         overrides["seed_cells"] = [s.strip() for s in seed_cells.split(",") if s.strip()]
     cfg = RunConfig.load(config_file, overrides)
+    if show_config:
+        import yaml
+
+        click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+        return
     _check_data(cfg)
     run_dir = Path(out or cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
@@ -126,7 +82,7 @@ def _check_data(cfg: Any) -> None:
     search in which every cell fails."""
     if cfg.task == "synthetic":
         return  # generated in code, nothing to check
-    from evonas.tasks import get_task
+    from evonas.training.tasks import get_task
 
     get_task(cfg.task, cfg.data, cfg.train_dict()["level"])  # the level every evaluation will use
 

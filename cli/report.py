@@ -1,4 +1,4 @@
-"""`evonas report RUN`: a self-contained HTML report of a run (see evonas.report)."""
+"""`evonas report RUN`: a self-contained HTML report of a run (see evonas.reporting.report)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 def report(run: Path, out: Path | None) -> None:
     """Write RUN/report.html: best-so-far curve with the seed cells, surrogate quality, operators, top cells,
     failures. Images are embedded, so the one file can be mailed or archived."""
-    from evonas.report import write_report
+    from evonas.reporting.report import write_report
 
     path = write_report(run, out)
     click.echo(f"wrote {path} (figures in {Path(run) / 'report'})")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from evonas import defaults
 from evonas.errors import ConfigError, DataError
 
 
@@ -25,14 +26,14 @@ def surrogate() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, split and shuffling.")
 @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
               help="Fine-tune this saved model instead of starting from scratch.")
-@click.option("--ensemble", type=click.IntRange(min=1), default=3, show_default=True,  # api.DEFAULT_ENSEMBLE
+@click.option("--ensemble", type=click.IntRange(min=1), default=defaults.SURROGATE_ENSEMBLE, show_default=True,
               help="Number of models (3 rank better than 1; 1 fits 3x faster).")
 def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed: int, init: Path | None,
               ensemble: int) -> None:
     """Fit a surrogate on DATA (CSV/JSONL with cell and score columns, or a run folder) and save it to --out."""
     from evonas.surrogate.api import Surrogate
     from evonas.surrogate.data import read_records
-    from evonas.surrogate.model import kinds
+    from evonas.surrogate.rankers import kinds
 
     if kind is not None and kind not in kinds():
         raise ConfigError(f"unknown --model {kind!r}; expected one of {kinds()}")

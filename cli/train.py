@@ -60,8 +60,8 @@ def train(cell: str, task: str, data: str | None, level: str, hidden: int | None
     """
     from evonas.cells import canonical_text
     from evonas.cells.library import resolve
-    from evonas.tasks import get_task
-    from evonas.train import TrainConfig, evaluate
+    from evonas.training.tasks import get_task
+    from evonas.training.train import TrainConfig, evaluate
 
     node = resolve(cell)  # CellSyntaxError / CellError: exit 2 with the message
     try:

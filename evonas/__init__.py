@@ -23,10 +23,10 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {
-    "compile_cell": "evonas.compiler",
-    "TrainConfig": "evonas.train",
-    "EvalResult": "evonas.train",
-    "evaluate": "evonas.train",
+    "compile_cell": "evonas.nn.compiler",
+    "TrainConfig": "evonas.training.train",
+    "EvalResult": "evonas.training.train",
+    "evaluate": "evonas.training.train",
 }
 
 

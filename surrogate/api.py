@@ -15,16 +15,18 @@ from evonas.surrogate import persist
 from evonas.surrogate.data import Record, as_records, digest
 from evonas.surrogate.graph import VOCAB, GraphCache, batch_graphs
 from evonas.surrogate.metrics import ranking_metrics
-from evonas.surrogate.model import Ensemble, kinds, ranker_class
+from evonas.surrogate.model import Ensemble
+from evonas.surrogate.rankers import kinds, ranker_class
 from evonas.surrogate.train import FitConfig, FitReport, Normaliser, fit_model
 
+from evonas import defaults
 from evonas.cells import Node
 from evonas.errors import ConfigError, SurrogateFormatError
 
 SCORE_BATCH = 2048
 # Models per surrogate unless told otherwise: 3 TreeLSTMs rank held-out cells better than one (Kendall tau
 # 0.518 vs 0.477 in benchmarks/surrogate_quality.py) and still score > 5,000 cells/s (surrogate_speed.py).
-DEFAULT_ENSEMBLE = 3
+DEFAULT_ENSEMBLE = defaults.SURROGATE_ENSEMBLE  # the one definition lives in evonas.defaults
 WARM_EPOCHS = 50  # default epochs of a warm-start refit (e.g. after each generation)
 
 

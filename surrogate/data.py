@@ -102,7 +102,7 @@ def _read_run(folder: Path) -> list[Record]:
     db = folder / "archive.sqlite"
     if not db.is_file():
         raise DataError(f"{folder}: a run folder needs an archive.sqlite")
-    from evonas.archive import Archive  # the core archive; imported only when a run folder is read
+    from evonas.store.archive import Archive  # the core archive; imported only when a run folder is read
 
     with Archive(db, create=False) as archive:
         rows = archive.to_records()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from evonas.surrogate.template import Template, dag_arrays, dag_depth, template, template_of, tree_arrays
 
-from evonas.cells import OPS, SOURCES, Node, parse
+from evonas.cells import OPS, SOURCES, Node, canonical, parse
 from evonas.cells.tree import find, uses
 
 VOCAB: tuple[str, ...] = tuple(SOURCES) + tuple(OPS)  # operator vocabulary (fixed order, saved with models)
@@ -62,16 +62,6 @@ class CellGraph:
         return len(self.op)
 
 
-def canonical_key(cell: Node) -> str:
-    """Canonical text in one bottom-up pass (same result as `evonas.cells.canonical_text`, linear time)."""
-    if not cell.children:
-        return cell.op
-    kids = [canonical_key(c) for c in cell.children]
-    if OPS[cell.op].commutative:
-        kids.sort()
-    return f"{cell.op}({','.join(kids)})"
-
-
 def _arrays(ops, steps, slots, level, src, dst, eslot, root) -> CellGraph:
     return CellGraph(list(ops), list(steps), list(slots), list(level), list(src), list(dst), list(eslot), root,
                      [1] * len(ops))
@@ -85,7 +75,8 @@ def _source_label(op: str, step: int) -> tuple[int, int]:
 
 
 def tree_graph(cell: Node) -> CellGraph:
-    """Tree form, full: the unrolled cell with subtrees duplicated (every node has one parent); root is node 0."""
+    """Tree form, full: the unrolled cell with subtrees duplicated (every node has one parent); root is node 0.
+    Built as written (GraphCache builds re-spelled cells from their canonical form, see `GraphCache.get`)."""
     memory = find(cell, "Memory")
     ops: list[int] = []
     steps: list[int] = []
@@ -229,7 +220,8 @@ class GraphCache:
         self._by_canon: dict[str, CellGraph] = {}
 
     def get(self, cell: str | Node) -> CellGraph:
-        """The graph of one cell (text is parsed; a malformed text raises CellSyntaxError)."""
+        """The graph of one cell (text is parsed; a malformed text raises CellSyntaxError). Equivalent spellings
+        (`evonas.cells.canonical`: `Add(MM(x),MM(x))` is `MM(x)`) get the graph of the canonical cell."""
         if isinstance(cell, str):
             hit = self._by_text.get(cell)
             if hit is not None:
@@ -239,6 +231,8 @@ class GraphCache:
                 tp = template_of(parse(cell))  # parse raises the CellSyntaxError for a malformed text
         else:
             tp = template_of(cell)
+        if tp.key != tp.written_key:  # an equivalent re-spelling: the graph is that of the canonical cell
+            tp = template_of(canonical(parse(tp.key)))
         graph = self._by_canon.get(tp.key)
         if graph is None:
             if len(self._by_canon) >= self.max_size:

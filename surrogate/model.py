@@ -13,7 +13,7 @@ import torch
 from evonas.surrogate.graph import GraphBatch
 from torch import nn
 
-_REGISTRY: dict[str, type[Ranker]] = {}
+REGISTRY: dict[str, type[Ranker]] = {}
 
 
 class Ranker(nn.Module):
@@ -34,32 +34,8 @@ def register(cls: type[Ranker]) -> type[Ranker]:
     """Class decorator: make a ranker kind selectable by its `kind` name."""
     if not cls.kind:
         raise ValueError(f"{cls.__name__} has no kind name")
-    _REGISTRY[cls.kind] = cls
+    REGISTRY[cls.kind] = cls
     return cls
-
-
-def _load_builtin() -> None:
-    """Import the built-in kinds (they register themselves)."""
-    from evonas.surrogate import gnn, treelstm  # noqa: F401
-
-
-def kinds() -> list[str]:
-    """Names of all registered ranker kinds."""
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def ranker_class(kind: str) -> type[Ranker]:
-    """The ranker class registered under `kind`; ValueError naming the known kinds otherwise."""
-    _load_builtin()
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown surrogate model kind {kind!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[kind]
-
-
-def make_ranker(kind: str, **sizes: Any) -> Ranker:
-    """Build a fresh ranker of this kind with these sizes (defaults for the rest)."""
-    return ranker_class(kind)(**sizes)
 
 
 class Ensemble(nn.Module):

@@ -18,19 +18,25 @@ from evonas.cells.parse import MAX_DEPTH, MAX_LENGTH
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\{[^{}()\s,]*\})?|[(),]")
 _ARITY = {name: spec.arity for name, spec in OPS.items()}
 _COMMUTATIVE = frozenset(n for n, s in OPS.items() if s.commutative)
+_CHAINS = ("Add", "Mult")  # associative: flattened in the canonical form
 _SOURCE_SET = frozenset(SOURCES)
 
 
 @dataclass
 class Template:
     """A cell in pre-order: names (aliases resolved), parent index (-1 = root), argument slot (1-based for the
-    non-commutative operators, else 0), subtree end (one past the last pre-order index), canonical key."""
+    non-commutative operators, else 0), subtree end (one past the last pre-order index), canonical key.
+
+    The arrays describe the tree as written; when `key != written_key` the written tree is a re-spelling of
+    its canonical form and callers that need the canonical shape rebuild it (`template_of(canonical(...))`)."""
 
     names: list[str]
     parent: list[int]
     slot: list[int]
     end: list[int]
     key: str
+    written_key: str = ""  # the text as written with commutative arguments sorted; differs from `key` when the
+    #                        written tree is an equivalent re-spelling (see `evonas.cells.canonical`)
 
 
 def template(text: str) -> Template | None:
@@ -98,17 +104,39 @@ def template(text: str) -> Template | None:
             break
         if top[2] >= _ARITY[top[1]]:
             return None  # a comma after the last argument
-    texts: list[str] = [""] * len(names)
+    written = [""] * len(names)  # the written tree with commutative arguments sorted (its shape as given)
+    canon = [""] * len(names)  # canonical text of each subtree (mirrors evonas.cells.canonical)
+    canon_op = [""] * len(names)
+    terms: list[list[str]] = [[] for _ in names]  # a canonical Add/Mult chain's sorted terms
     for k in range(len(names) - 1, -1, -1):
-        kids = children[k]
+        kids, name = children[k], names[k]
         if not kids:
-            texts[k] = names[k]
+            written[k] = canon[k] = canon_op[k] = name
             continue
-        parts = [texts[c] for c in kids]
-        if names[k] in _COMMUTATIVE:
+        parts = [written[c] for c in kids]
+        if name in _COMMUTATIVE:
             parts.sort()
-        texts[k] = f"{names[k]}({','.join(parts)})"
-    return Template(names, parent, slot, end, texts[0])
+        written[k] = f"{name}({','.join(parts)})"
+        if name == "MM" and canon_op[kids[0]] == "MM" or (
+                name == "Sub" and canon_op[kids[0]] == "MM" and canon[kids[0]] == canon[kids[1]]):
+            canon[k], canon_op[k] = canon[kids[0]], "MM"
+        elif name in _CHAINS:
+            ts: list[tuple[str, str]] = []
+            for c in kids:
+                ts += terms[c] if canon_op[c] == name else [(canon[c], canon_op[c])]
+            if name == "Add":
+                ts = [tt for i, tt in enumerate(ts) if tt[1] != "MM" or tt not in ts[:i]]
+            ts.sort()
+            if len(ts) == 1:
+                canon[k], canon_op[k] = ts[0]
+            else:
+                text = ts[0][0]
+                for tt in ts[1:]:
+                    text = f"{name}({text},{tt[0]})"
+                canon[k], canon_op[k], terms[k] = text, name, ts
+        else:
+            canon[k], canon_op[k] = f"{name}({','.join(canon[c] for c in kids)})", name
+    return Template(names, parent, slot, end, canon[0], written[0])
 
 
 def template_of(cell: Node) -> Template:

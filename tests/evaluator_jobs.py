@@ -29,7 +29,7 @@ def ok_result(key: str, reason: str = "") -> dict:
             "test_loss": None, "test_ppl": None, "params": len(key), "seconds": 0.01, "steps": 3, "epochs": 0.5}
 
 
-def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
+def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job
     """Do what the job's cell text says (see the module docstring)."""
     action = job.cell.split("-", 1)[0]
     if action == "raise":

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 
 from evonas.cells import node_count, parse
-from evonas.evaluators import Evaluator
+from evonas.evaluation import Evaluator
 
 
 @dataclass

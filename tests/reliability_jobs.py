@@ -41,7 +41,7 @@ def _result(key: str, status: str = "ok", reason: str = "", loss: float | None =
             "test_loss": None, "test_ppl": None, "params": len(key), "seconds": 0.01, "steps": 3, "epochs": 0.5}
 
 
-def action_for(job) -> str:  # noqa: ANN001 - evonas.evaluators.Job
+def action_for(job) -> str:  # noqa: ANN001 - evonas.evaluation.Job
     """The fault assigned to a job: `config["faults"][key]`, else every `config["every"]`-th crc gets one."""
     faults = job.config.get("faults", {})
     if job.key in faults:
@@ -54,7 +54,7 @@ def action_for(job) -> str:  # noqa: ANN001 - evonas.evaluators.Job
     return "ok"
 
 
-def faulty(job) -> dict:  # noqa: ANN001 - evonas.evaluators.Job
+def faulty(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job
     """Evaluate a job, misbehaving as `action_for(job)` says (results as EvalResult dicts)."""
     action = action_for(job)
     if action == "raise":
@@ -128,9 +128,9 @@ def install_hooks() -> None:
         if counter is not None and counter.hit(point):
             _die()
 
-    from evonas import archive as archive_mod
-    from evonas import checkpoint as ckpt_mod
     from evonas.evolution import loop as loop_mod
+    from evonas.store import archive as archive_mod
+    from evonas.store import checkpoint as ckpt_mod
 
     real_add, real_init = archive_mod.Archive.add, archive_mod.Archive.__init__
 
@@ -151,7 +151,7 @@ def install_hooks() -> None:
     archive_mod.Archive.add, archive_mod.Archive.__init__ = add, init
 
     class _Os:
-        """The os module as evonas.checkpoint sees it, with kill points around fsync and replace."""
+        """The os module as evonas.store.checkpoint sees it, with kill points around fsync and replace."""
 
         def __getattr__(self, name: str):
             return getattr(os, name)
@@ -232,7 +232,7 @@ class InlineEvaluator:
         self.calls: list[str] = []
 
     def run(self, jobs, on_result) -> None:  # noqa: ANN001
-        from evonas.train import EvalResult
+        from evonas.training.train import EvalResult
 
         for job in jobs:
             self.calls.append(job.key)

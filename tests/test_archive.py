@@ -13,10 +13,10 @@ import textwrap
 import evaluator_jobs as jobs_mod
 import pytest
 
-from evonas.archive import ARCHIVE_NAME, COLUMNS, Archive
 from evonas.errors import CheckpointError
-from evonas.evaluators import Job, failed_result
-from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
+from evonas.evaluation import Job, failed_result
+from evonas.store.archive import ARCHIVE_NAME, COLUMNS, Archive
+from evonas.training.config import EvalResult  # = evonas.training.train.EvalResult, without importing torch
 
 CONFIG = {"task": "synthetic", "seed": 0, "steps": 20, "hidden": 16}
 
@@ -84,9 +84,9 @@ def test_rows_survive_a_killed_writer_and_reopen(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(jobs_mod.__file__.rsplit("/", 1)[0])!r})
         import evaluator_jobs
-        from evonas.archive import Archive
-        from evonas.evaluators import Job
-        from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
+        from evonas.store.archive import Archive
+        from evonas.evaluation import Job
+        from evonas.training.config import EvalResult  # = evonas.training.train.EvalResult, without importing torch
         a = Archive({str(tmp_path)!r})
         for k in ("A", "B", "C"):
             a.add(Job(k, k, {{"task": "synthetic"}}), EvalResult.from_dict(evaluator_jobs.ok_result(k)))
@@ -158,6 +158,6 @@ def test_export_csv(tmp_path):
 
 
 def test_the_light_eval_result_is_the_agreed_one():
-    from evonas import train
+    from evonas.training import train
 
     assert train.EvalResult is EvalResult

@@ -74,7 +74,7 @@ def test_canonical_is_idempotent_and_prints_without_spaces(node):
     assert canonical_text(c) == canonical_text(node) == to_text(c)
     assert " " not in canonical_text(node)
     assert parse(canonical_text(node)) == c
-    assert node_count(c) == node_count(node) and height(c) == height(node)
+    assert node_count(c) <= node_count(node)  # equivalent spellings merge (see test_equivalent_spellings_...)
 
 
 @given(cells(), st.data())
@@ -333,5 +333,37 @@ def test_equations_one_line_each_and_end_with_h_t(node):
     lines = equations(node)
     assert lines and lines[-1].startswith("h_t = ")
     assert all("\n" not in line for line in lines)
-    mms = sum(n.op == "MM" for n in preorder(node))
+    mms = sum(n.op == "MM" for n in preorder(canonical(node)))  # the equations are those of the canonical cell
     assert sum(f"W{mms}·" in line for line in lines) == (1 if mms else 0)
+
+
+# ---------------------------------------------------------------- exact equivalences in the canonical form
+
+@pytest.mark.parametrize("written, same_as", [
+    ("Tanh(Add(MM(x),MM(x)))", "Tanh(MM(x))"),  # one linear map written twice
+    ("Tanh(Add(Add(MM(x),MM(h_prev)),MM(x)))", "Tanh(Add(MM(x),MM(h_prev)))"),
+    ("Tanh(Add(MM(h_prev),Add(h_prev,MM(x))))", "Tanh(Add(Add(MM(x),h_prev),MM(h_prev)))"),  # associativity
+    ("Tanh(Mult(Mult(x_prev,MM(x)),MM(h_prev)))", "Tanh(Mult(MM(x),Mult(MM(h_prev),x_prev)))"),
+    ("Tanh(MM(MM(Add(MM(x),h_prev))))", "Tanh(MM(Add(MM(x),h_prev)))"),  # a linear map of a linear map
+    ("Tanh(MM(Add(MM(h_prev),MM(h_prev))))", "Tanh(MM(h_prev))"),
+    ("Tanh(Sub(MM(h_prev),MM(h_prev)))", "Tanh(MM(h_prev))"),
+])
+def test_equivalent_spellings_share_one_canonical_form(written, same_as):
+    assert canonical_text(parse(written)) == canonical_text(parse(same_as))
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Tanh(Add(MM(x),MM(h_prev)))", "Tanh(MM(h_prev))"),  # maps of different operands stay apart
+    ("Tanh(Add(Tanh(x),Tanh(x)))", "Tanh(Tanh(x))"),  # 2 tanh(x) is not tanh(x)
+    ("Tanh(Mult(MM(x),MM(x)))", "Tanh(MM(x))"),  # a product of two maps is quadratic
+    ("Gate3(MM(x),h_prev,Sigmoid(MM(h_prev)))", "Gate3(h_prev,MM(x),Sigmoid(MM(h_prev)))"),  # Gate3 is ordered
+])
+def test_different_functions_keep_different_forms(a, b):
+    assert canonical_text(parse(a)) != canonical_text(parse(b))
+
+
+@given(cells())
+def test_canonical_form_is_idempotent_and_well_formed(cell):
+    once = canonical(cell)
+    assert canonical(once) == once
+    check(once)  # never loses a source or the Memory: a well-formed cell stays well formed

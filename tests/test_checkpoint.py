@@ -12,8 +12,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
-from evonas.checkpoint import (
+from evonas.errors import CheckpointError
+from evonas.store.checkpoint import (
     CHECKPOINT,
     FORMAT_VERSION,
     PREVIOUS,
@@ -22,7 +24,6 @@ from evonas.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from evonas.errors import CheckpointError
 
 
 def state(gen: int) -> dict:
@@ -91,7 +92,7 @@ def test_other_format_version_is_refused(tmp_path):
 def test_kill_during_saves_always_leaves_a_good_checkpoint(tmp_path):
     """SIGKILL a process that saves checkpoints in a loop; the survivor is always a complete one."""
     script = textwrap.dedent(f"""
-        from evonas.checkpoint import save_checkpoint
+        from evonas.store.checkpoint import save_checkpoint
         i = 0
         while True:
             i += 1
@@ -113,7 +114,6 @@ def test_kill_during_saves_always_leaves_a_good_checkpoint(tmp_path):
 
 
 def test_rng_states_round_trip_exactly_through_json(tmp_path):
-    torch = pytest.importorskip("torch")
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)

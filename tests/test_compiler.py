@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from evonas.cells import ALL, EXTENDED, OPS, SOURCES, Node, canonical_text, check, parse, preorder
-from evonas.compiler import CompiledCell, compile_cell, reference_forward
-from evonas.compiler_ops import position_encoding, safe_div
 from evonas.errors import CellError, CellSyntaxError
+from evonas.nn.compiler import CompiledCell, compile_cell, reference_forward
+from evonas.nn.ops import position_encoding, safe_div
 
 LSTM = (
     "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Memory(Add(Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev),"

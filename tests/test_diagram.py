@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from evonas.cells import parse
-from evonas.cells.diagram import to_dot, write_diagram
 from evonas.errors import EvonasError
+from evonas.reporting.diagram import to_dot, write_diagram
 
 LSTM = ("Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Memory(Add(Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev),"
         "Mult(Sigmoid(Add(MM(x),MM(h_prev))),Tanh(Add(MM(x),MM(h_prev))))))))")

@@ -14,7 +14,7 @@ import evaluator_jobs as jobs_mod
 import pytest
 
 from evonas.errors import ConfigError
-from evonas.evaluators import Evaluator, Job, LocalEvaluator
+from evonas.evaluation import Evaluator, Job, LocalEvaluator
 
 TESTS_DIR = str(Path(__file__).parent)
 # With `pytest -n N --dist loadgroup` every Ray test runs in one xdist worker, so Ray starts once.
@@ -48,7 +48,7 @@ def make_evaluator(request):
             ev: Evaluator = LocalEvaluator(workers=2, timeout=timeout, fn=jobs_mod.scripted, **kw)
         else:
             request.getfixturevalue("ray_instance")
-            from evonas.ray_evaluator import RayEvaluator
+            from evonas.evaluation.ray_backend import RayEvaluator
 
             ev = RayEvaluator(timeout=timeout, fn=jobs_mod.scripted, **kw)
         made.append(ev)
@@ -132,7 +132,7 @@ def test_error_in_on_result_propagates_and_evaluator_stays_usable(make_evaluator
 
 def test_ray_error_reasons():
     ray = pytest.importorskip("ray")
-    from evonas.ray_evaluator import _ray_error_reason
+    from evonas.evaluation.ray_backend import _ray_error_reason
 
     assert _ray_error_reason(ray.exceptions.WorkerCrashedError()) == "worker died (WorkerCrashedError)"
     assert _ray_error_reason(ray.exceptions.TaskCancelledError()).startswith("TaskCancelledError")
@@ -141,7 +141,7 @@ def test_ray_error_reasons():
 
 @pytest.mark.xdist_group("ray")
 def test_ray_refuses_resources_the_cluster_does_not_have(ray_instance):
-    from evonas.ray_evaluator import RayEvaluator
+    from evonas.evaluation.ray_backend import RayEvaluator
 
     with pytest.raises(ConfigError, match="asks for 1 GPU, but the Ray cluster has 0"):
         RayEvaluator(gpus_per_eval=1, fn=jobs_mod.scripted)
@@ -208,7 +208,7 @@ def test_local_workers_exit_when_the_parent_is_killed(tmp_path):
         import sys
         sys.path.insert(0, {TESTS_DIR!r})
         import evaluator_jobs
-        from evonas.evaluators import Job, LocalEvaluator
+        from evonas.evaluation import Job, LocalEvaluator
         if __name__ == "__main__":
             ev = LocalEvaluator(workers=1, fn=evaluator_jobs.scripted)
             ev.run([Job("pidfile-1", "pidfile-1", {{"pidfile": {str(pidfile)!r}}})], print)
@@ -249,7 +249,7 @@ def test_process_exits_cleanly_without_close():
         import sys
         sys.path.insert(0, {TESTS_DIR!r})
         import evaluator_jobs
-        from evonas.evaluators import Job, LocalEvaluator
+        from evonas.evaluation import Job, LocalEvaluator
         if __name__ == "__main__":
             ev = LocalEvaluator(workers=2, fn=evaluator_jobs.scripted)
             ev.run([Job("ok-1", "ok-1", {{}})], lambda j, r: print(r.status))

@@ -15,6 +15,7 @@ from strategies import cells
 
 from evonas.cells import FilterConfig, canonical_text, height, is_well_formed, node_count, parse, passes_filters
 from evonas.errors import ConfigError
+from evonas.evolution import genome as gnm
 from evonas.evolution import operators as op
 from evonas.evolution import screen as scr
 from evonas.evolution import toolbox as tbx
@@ -36,7 +37,7 @@ def setup():
 
 
 def ind(text: str, pset, loss=None, params=0):
-    i = tbx.make_individual(parse(text), pset)
+    i = gnm.make_individual(parse(text), pset)
     set_fitness(i, loss, params)
     return i
 
@@ -47,26 +48,26 @@ def test_creator_types_are_created_once():
     before = creator.EvonasIndividual
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # DEAP warns when a creator class is overwritten
-        importlib.reload(tbx)
+        importlib.reload(gnm)
     assert creator.EvonasIndividual is before
-    assert tbx.Individual is before
+    assert gnm.Individual is before
 
 
 @given(cells())
 def test_node_tree_round_trip(cell):
-    pset = tbx.make_pset("all")
-    assert tbx.to_node(tbx.to_tree(cell, pset)) == cell
+    pset = gnm.make_pset("all")
+    assert gnm.to_node(gnm.to_tree(cell, pset)) == cell
 
 
 def test_tree_of_unknown_operator_is_config_error():
     with pytest.raises(ConfigError, match="LayerNorm"):
-        tbx.to_tree(parse("LayerNorm(Add(MM(x),MM(h_prev)))"), tbx.make_pset("core"))
+        gnm.to_tree(parse("LayerNorm(Add(MM(x),MM(h_prev)))"), gnm.make_pset("core"))
 
 
 def test_pset_follows_operator_set():
-    names = {p.name for p in tbx.make_pset("extended").primitives[object]}
+    names = {p.name for p in gnm.make_pset("extended").primitives[object]}
     assert {"Sub", "Div", "LayerNorm"} <= names and "Diag" not in names
-    assert {p.name for p in tbx.make_pset(["MM", "Tanh", "Add"]).primitives[object]} == {"MM", "Tanh", "Add"}
+    assert {p.name for p in gnm.make_pset(["MM", "Tanh", "Add"]).primitives[object]} == {"MM", "Tanh", "Add"}
 
 
 # ---------------------------------------------------------------- generation
@@ -77,10 +78,10 @@ def test_gen_ramped_gives_distinct_filtered_cells(setup):
     keys = [i.key for i in pop]
     assert len(pop) == 30 and len(set(keys)) == 30
     for i in pop:
-        node = tbx.to_node(i)
+        node = gnm.to_node(i)
         assert is_well_formed(node) and passes_filters(node, cfg.filter_config())
         assert i.key == canonical_text(node)
-    heights = {height(tbx.to_node(i)) for i in pop}
+    heights = {height(gnm.to_node(i)) for i in pop}
     assert len(heights) >= 3  # ramped: several heights
 
 
@@ -113,7 +114,7 @@ def test_mutations_give_well_formed_cells_within_limits(setup, name):
     for k in range(150):
         p = parents[k % len(parents)]
         child = getattr(tb, name)(copy.deepcopy(p))[0]
-        node = tbx.to_node(child)
+        node = gnm.to_node(child)
         assert is_well_formed(node), node
         assert len(child) <= f.max_nodes and child.height <= f.max_height
         changed += list(child) != list(p)
@@ -125,7 +126,7 @@ def test_mut_memory_adds_a_recurring_memory(setup):
     added = 0
     for _ in range(50):
         child = tb.mut_memory(ind(RNN, tb.pset))[0]
-        node = tbx.to_node(child)
+        node = gnm.to_node(child)
         if "Memory" in str(node):
             added += 1
             assert "c_prev" in str(node)
@@ -137,7 +138,7 @@ def test_mut_memory_adds_a_recurring_memory(setup):
 def test_mut_memory_moves_the_memory_of_lstm(setup):
     cfg, rng, tb = setup
     lstm = ind(LSTM, tb.pset)
-    moved = {tbx.tree_key(tb.mut_memory(copy.deepcopy(lstm))[0]) for _ in range(40)}
+    moved = {gnm.tree_key(tb.mut_memory(copy.deepcopy(lstm))[0]) for _ in range(40)}
     assert len(moved - {lstm.key}) >= 2
     for key in moved:
         node = parse(key)
@@ -151,16 +152,16 @@ def test_crossover_swaps_subtrees(setup):
         a, b = ind(GRU, tb.pset), ind(RNN, tb.pset)
         ca, cb = op.cx_subtree(copy.deepcopy(a), copy.deepcopy(b), rng)
         assert len(ca) + len(cb) == len(a) + len(b)
-        assert is_well_formed(tbx.to_node(ca)) and is_well_formed(tbx.to_node(cb))
+        assert is_well_formed(gnm.to_node(ca)) and is_well_formed(gnm.to_node(cb))
         swapped += list(ca) != list(a)
     assert swapped > 30  # some swaps exchange equal subtrees (MM(x) for MM(x))
 
 
 def test_static_limit_gives_back_the_parent():
-    pset = tbx.make_pset("core")
+    pset = gnm.make_pset("core")
 
     def grow(i):
-        list.__setitem__(i, slice(None), list(tbx.to_tree(parse(LSTM), pset)))
+        list.__setitem__(i, slice(None), list(gnm.to_tree(parse(LSTM), pset)))
         return (i,)
 
     limited = op.static_limit(len, 10)(grow)
@@ -176,7 +177,7 @@ def test_breed_gives_new_filtered_distinct_offspring(setup):
     kids = op.breed(tb, parents, 40, cfg.filter_config(), seen, rng)
     assert len(kids) == 40 and len({k.key for k in kids}) == 40
     assert not seen & {k.key for k in kids}
-    assert all(passes_filters(tbx.to_node(k), cfg.filter_config()) for k in kids)
+    assert all(passes_filters(gnm.to_node(k), cfg.filter_config()) for k in kids)
     kinds = {k.mutation for k in kids}
     assert "crossover" in kinds and len(kinds) >= 4
 
@@ -185,7 +186,7 @@ def test_breed_gives_new_filtered_distinct_offspring(setup):
 
 @pytest.fixture
 def scored():
-    pset = tbx.make_pset("core")
+    pset = gnm.make_pset("core")
     pop = tbx.make_toolbox(RunConfig(), random.Random(3)).population(12)
     losses = [3.0, 2.0, 1.0, math.nan, math.inf, None, 2.5, 1.5, 4.0, 0.5, 5.0, 2.2]
     for i, loss in zip(pop, losses, strict=True):
@@ -200,6 +201,7 @@ def test_unusable_fitness_is_never_selected(scored):
     rng = random.Random(0)
     for sel in (Tournament(3, 2, rng), NSGA2(rng), Aging(3, rng)):
         assert not bad & {p.key for p in sel.parents(pop, 200)}
+    for sel in (Tournament(3, 2, rng), NSGA2(rng)):
         assert not bad & {s.key for s in sel.survivors(pop[:6], pop[6:], 8)}
     hof = HallOfFame(20)
     hof.update(pop)
@@ -222,10 +224,19 @@ def test_nsga2_keeps_the_pareto_front(scored):
     assert {s.key for s in surv} == {f.key for f in front}
 
 
-def test_aging_drops_the_oldest(scored):
+def test_aging_is_a_steady_state_queue(scored):
+    """Real et al. 2019: each child joins at the young end and the oldest cell leaves, whatever its fitness;
+    failed children (no usable fitness) take their place in the queue too."""
     _, pop = scored
-    surv = Aging(3, random.Random(0)).survivors(pop[:6], pop[6:9], 4)  # pop[3:6] have no usable fitness
-    assert [s.key for s in surv] == [pop[i].key for i in (2, 6, 7, 8)]
+    aging = Aging(3, random.Random(0))
+    assert aging.survivors([], pop[:6], 4) == pop[:6]  # generation 0: the whole initial population
+    surv = aging.survivors(pop[:6], pop[6:9], 4)  # pop[3:6] have no usable fitness
+    assert [s.key for s in surv] == [pop[i].key for i in range(3, 9)]
+
+
+def test_aging_refuses_a_config_that_cannot_age():
+    with pytest.raises(ConfigError, match="selection aging needs offspring < population"):
+        RunConfig.from_dict({"selection": "aging", "population": 6, "offspring": 6})
 
 
 # ---------------------------------------------------------------- screen helpers

@@ -16,10 +16,10 @@ import pytest
 import reliability_jobs as rj
 
 from evonas.cells import canonical_text, library, parse
-from evonas.checkpoint import load_checkpoint
-from evonas.evaluators import LocalEvaluator
+from evonas.evaluation import LocalEvaluator
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
+from evonas.store.checkpoint import load_checkpoint
 
 TIMEOUT = 3.0
 # Seeds that would win if their (fake) results counted: each is given one fault.
@@ -71,7 +71,7 @@ def faulty_run(tmp_path_factory):
 
         sel.parents, sel.survivors, hof.update = watch_parents, watch_survivors, watch_hof
         best = search.run()
-    from evonas.archive import Archive
+    from evonas.store.archive import Archive
 
     with Archive(run, create=False) as arch:
         rows = arch.rows()
@@ -151,8 +151,8 @@ def test_no_fault_becomes_parent_survivor_or_hall_of_fame(faulty_run):
 
 def test_a_real_nan_loss_is_recorded_as_diverged(tmp_path):
     """Real training of a cell that overflows (h_t = MM(x) + 1000 h_{t-1}, then inf - inf = NaN)."""
-    from evonas.evaluators import Job, train_job
-    from evonas.train import TrainConfig
+    from evonas.evaluation import Job, train_job
+    from evonas.training.train import TrainConfig
 
     cell = "Add(MM(x),Div(h_prev,Sub(h_prev,h_prev)))"
     key = canonical_text(parse(cell))

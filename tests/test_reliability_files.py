@@ -22,10 +22,10 @@ import pytest
 import reliability_jobs as rj
 import torch
 
-from evonas.archive import Archive
-from evonas.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
+from evonas.store.archive import Archive
+from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 
 GENERATIONS = 2
 

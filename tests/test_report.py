@@ -13,13 +13,12 @@ from click.testing import CliRunner
 from evonas.cli.main import cli
 from fake_training import FakeResult, Inline
 
-from evonas.archive import Archive
 from evonas.cells import node_count, parse
 from evonas.errors import CheckpointError
-from evonas.evaluators import Job
+from evonas.evaluation import Job
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
-from evonas.report import (
+from evonas.reporting.report import (
     RecordingScreen,
     best_so_far,
     failure_reason,
@@ -29,6 +28,7 @@ from evonas.report import (
     prediction_pairs,
     write_report,
 )
+from evonas.store.archive import Archive
 
 BUDGET = {"task": "fake", "steps": 1}
 

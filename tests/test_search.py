@@ -10,10 +10,10 @@ import pytest
 from fake_training import Inline
 
 from evonas.cells import node_count, parse, passes_filters
-from evonas.checkpoint import load_checkpoint
 from evonas.errors import ConfigError
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
+from evonas.store.checkpoint import load_checkpoint
 
 BUDGET = {"task": "fake", "steps": 1}
 
@@ -167,3 +167,16 @@ def test_stopped_run_extended_with_more_generations_matches_a_longer_run(tmp_pat
     assert s.next_gen == 3
     s.run()
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
+
+
+def test_aging_keeps_a_steady_state_queue_in_the_search(tmp_path):
+    """Real et al. 2019 in the loop: the queue holds the 9 cells of generation 0 (3 seeds + 6) and keeps that
+    size; each generation's 5 children join at the young end (failed ones too) and the 5 oldest leave."""
+    s = search(cfg(selection="aging"), tmp_path)
+    s.run()
+    queue = load_checkpoint(tmp_path)["population"]
+    assert len(queue) == 9, [q["cell"] for q in queue]
+    db = sqlite3.connect(str(tmp_path / "archive.sqlite"))
+    gen = dict(db.execute("SELECT key, generation FROM evaluations").fetchall())
+    db.close()
+    assert [gen[q["key"]] for q in queue] == [3] * 4 + [4] * 5  # oldest first: the last 9 children, in order

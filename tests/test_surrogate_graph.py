@@ -12,7 +12,6 @@ from evonas.surrogate.graph import (
     GraphCache,
     _from_template,
     batch_graphs,
-    canonical_key,
     cell_graph,
     dag_graph,
     tree_graph,
@@ -151,7 +150,6 @@ def test_cache_keys_on_canonical_text():
     a = cache.get("Tanh(Add(MM(x), MM(h_prev)))")
     b = cache.get("Tanh(Add(MM(h_prev),MM(x)))")
     assert a is b
-    assert canonical_key(parse(GRU)) == canonical_text(parse(GRU))
     with pytest.raises(CellSyntaxError):
         cache.get("Tanh(Add(MM(x),MM(h_prev))")
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from evonas.surrogate.api import Surrogate, make_surrogate
 from evonas.surrogate.graph import GraphCache, batch_graphs
-from evonas.surrogate.model import Ensemble, kinds, make_ranker
+from evonas.surrogate.model import Ensemble
+from evonas.surrogate.rankers import kinds, make_ranker
 from evonas.surrogate.sample import random_cell
 from evonas.surrogate.train import Normaliser, ranking_loss
 

@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 from evonas.surrogate.api import Surrogate, make_surrogate
-from evonas.surrogate.model import kinds
 from evonas.surrogate.persist import FORMAT_VERSION, META, WEIGHTS
+from evonas.surrogate.rankers import kinds
 
 from evonas.errors import SurrogateFormatError
 

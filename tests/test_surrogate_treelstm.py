@@ -11,15 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cells
 
-from evonas.cells import Node, parse
+from evonas.cells import Node, canonical, parse
 from evonas.cells.library import library
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(model: TreeLSTMRanker, cell: Node) -> torch.Tensor:
-    """Score of one cell, computed recursively over every node of its full unrolled tree."""
-    g = tree_graph(cell)
+    """Score of one cell, computed recursively over every node of its full unrolled tree (of the canonical cell:
+    the model scores equivalent spellings as one architecture)."""
+    g = tree_graph(canonical(cell))
     table, hid = model.x.table(), model.hidden
     kids: dict[int, list[int]] = {}
     for c, p in zip(g.src, g.dst, strict=True):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from evonas.errors import ConfigError, DataError
-from evonas.tasks import get_task
-from evonas.tasks import synthetic as syn
-from evonas.tasks.music import N_NOTES
-from evonas.tasks.text import EOS, UNK, split_single, tokenize
+from evonas.training.tasks import get_task
+from evonas.training.tasks import synthetic as syn
+from evonas.training.tasks.music import N_NOTES
+from evonas.training.tasks.text import EOS, UNK, split_single, tokenize
 
 
 # ---------------------------------------------------------------- synthetic

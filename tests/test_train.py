@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from evonas.cli.main import cli
 
-import evonas.model
+import evonas.nn.model
 from evonas.errors import ConfigError, DataError
-from evonas.tasks.base import TokenTask
-from evonas.train import EvalResult, TrainConfig, evaluate
+from evonas.training.tasks.base import TokenTask
+from evonas.training.train import EvalResult, TrainConfig, evaluate
 
 TINY = {"hidden": 8, "device": "cpu", "threads": 1, "batch_size": 4, "eval_batch_size": 100}
 
@@ -79,7 +79,7 @@ def test_layers_dropout_and_tied_embeddings():
 
 def test_weight_drop_on_recurrent_mms_only():
     from evonas.cells.library import resolve
-    from evonas.model import CellModel, recurrent_mm_indices
+    from evonas.nn.model import CellModel, recurrent_mm_indices
 
     model = CellModel(resolve("gru"), "tokens", 10, 10, 8, dropout_w=0.5)
     cell = model.cells[0]
@@ -146,7 +146,7 @@ def test_build_and_training_exceptions_become_failed(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("cannot build this")
 
-    monkeypatch.setattr(evonas.model, "compile_cell", boom)
+    monkeypatch.setattr(evonas.nn.model, "compile_cell", boom)
     r = evaluate("lstm", cfg(steps=2))
     assert r.status == "failed" and "build: RuntimeError: cannot build this" in r.reason
     monkeypatch.undo()

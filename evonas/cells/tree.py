@@ -32,13 +32,45 @@ def to_text(node: Node) -> str:
 
 
 def canonical(node: Node) -> Node:
-    """Children canonicalised first; arguments of commutative operators sorted by their canonical text."""
+    """The canonical form: two cells are one architecture iff their canonical forms are equal.
+
+    Bottom-up, children first. Exact equivalences (the same function class, whatever the weights):
+    - `Add` and `Mult` are associative and commutative: nested chains are flattened, their terms sorted by
+      canonical text and rebuilt left-leaning (`Add(c,Add(b,a))` -> `Add(Add(a,b),c)`);
+    - a sum of linear maps of the same operand is one linear map: repeated `MM(a)` terms of an `Add` chain
+      merge (`Add(MM(x),MM(x))` -> `MM(x)`), and `Sub(MM(a),MM(a))` -> `MM(a)`;
+    - a linear map of a linear map is one linear map: `MM(MM(a))` -> `MM(a)`.
+    None of them removes a source or the `Memory`, so the canonical form of a well-formed cell is well formed.
+    `Gate3` keeps its argument order.
+    """
     if not node.children:
         return node
     kids = tuple(canonical(c) for c in node.children)
-    if OPS[node.op].commutative:
+    op = node.op
+    if op == "MM" and kids[0].op == "MM":
+        return kids[0]
+    if op == "Sub" and kids[0] == kids[1] and kids[0].op == "MM":
+        return kids[0]
+    if op in ("Add", "Mult"):
+        terms = [t for k in kids for t in _chain_terms(k, op)]
+        if op == "Add":
+            seen: set[Node] = set()
+            terms = [t for t in terms if t.op != "MM" or not (t in seen or seen.add(t))]
+        terms.sort(key=to_text)
+        out = terms[0]
+        for term in terms[1:]:
+            out = Node(op, (out, term))
+        return out
+    if OPS[op].commutative:
         kids = tuple(sorted(kids, key=to_text))
-    return Node(node.op, kids)
+    return Node(op, kids)
+
+
+def _chain_terms(node: Node, op: str) -> list[Node]:
+    """The terms of a (canonical) chain of `op`, left to right; a node of another operator is one term."""
+    if node.op != op:
+        return [node]
+    return _chain_terms(node.children[0], op) + _chain_terms(node.children[1], op)
 
 
 def canonical_text(node: Node) -> str:

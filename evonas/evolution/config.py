@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from evonas import defaults
 from evonas.cells import FilterConfig, op_set
 from evonas.errors import ConfigError
 from evonas.evolution.select import SELECTIONS
@@ -16,10 +17,6 @@ from evonas.evolution.select import SELECTIONS
 BACKENDS = ("local", "ray")
 SURROGATES = ("none", "treelstm", "gnn")
 MUTATIONS = ("uniform", "node_replace", "insert", "shrink", "memory")
-# Default structural filters of a search. Schrimpf et al. allow 21 nodes, which excludes the LSTM itself
-# (31 nodes; GRU has 21). 36 lets LSTM-sized offspring exist (an LSTM plus a peephole or an extra gate term)
-# while keeping trees small enough to train quickly. Height 10 leaves LSTM (height 8) room for an insert.
-DEFAULT_FILTERS = {"max_nodes": 36, "max_height": 10}
 
 
 @dataclass
@@ -37,10 +34,9 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     out: str | None = None
-    seed_cells: list[str] = field(default_factory=lambda: ["tanh_rnn", "lstm", "gru"])
+    seed_cells: list[str] = field(default_factory=lambda: list(defaults.SEED_CELLS))
     surrogate: str = "none"
-    surrogate_ensemble: int = 3  # models in the screen's ensemble (= surrogate.api.DEFAULT_ENSEMBLE: 3 TreeLSTMs rank
-    #                              better than one, at 3x the fit time)
+    surrogate_ensemble: int = defaults.SURROGATE_ENSEMBLE  # models in the screen's ensemble
     screen_factor: int = 4  # with a screen: candidates generated per cell trained
     explore_share: float = 0.25  # with a screen: share of the trained cells drawn by weighted sampling
     selection: str = "tournament"
@@ -48,7 +44,7 @@ class RunConfig:
     elite: int = 2
     hof_size: int = 10
     ops: str | list[str] = "core"
-    filters: dict = field(default_factory=lambda: dict(DEFAULT_FILTERS))
+    filters: dict = field(default_factory=lambda: dict(defaults.SEARCH_FILTERS))
     init_min_height: int = 2
     init_max_height: int = 5
     mut_max_height: int = 3
@@ -152,6 +148,9 @@ class RunConfig:
                 raise ConfigError(f"mutation.{k} must be a weight >= 0, got {v!r}")
         if not self.mutation_weights():
             raise bad("mutation", "a mapping with at least one positive weight usable with the operator set")
+        if self.selection == "aging" and self.offspring >= self.population:
+            raise ConfigError(f"selection aging needs offspring < population (each generation may replace only "
+                              f"part of the queue), got offspring {self.offspring} and population {self.population}")
         if not isinstance(self.train, dict):
             raise bad("train", "a mapping of training settings")
         for k in ("task", "data", "device", "seed"):
@@ -161,8 +160,8 @@ class RunConfig:
     # ------------------------------------------------------------ derived settings
 
     def filter_config(self) -> FilterConfig:
-        """The structural filters of this run (defaults from DEFAULT_FILTERS, then the config's `filters`)."""
-        return FilterConfig.from_dict({**DEFAULT_FILTERS, **self.filters})
+        """The structural filters of this run (`defaults.SEARCH_FILTERS`, then the config's `filters`)."""
+        return FilterConfig.from_dict({**defaults.SEARCH_FILTERS, **self.filters})
 
     def mutation_weights(self) -> dict[str, float]:
         """Positive mutation weights; `memory` only when Memory is in the operator set."""
@@ -171,7 +170,7 @@ class RunConfig:
 
     def train_dict(self) -> dict:
         """The TrainConfig of every evaluation, as a validated dict (the archive's budget)."""
-        from evonas.train import TrainConfig
+        from evonas.training.train import TrainConfig
 
         d = {**self.train, "task": self.task, "data": self.data, "device": self.device, "seed": self.seed}
         try:

@@ -16,25 +16,26 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from evonas.archive import Archive, json_safe
 from evonas.cells import Node, canonical_text, check, parse, to_text
-from evonas.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
-from evonas.evaluators import Evaluator, Job
+from evonas.evaluation import Evaluator, Job
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
+from evonas.evolution.genome import make_individual, to_node
 from evonas.evolution.operators import breed
-from evonas.evolution.runlog import (
+from evonas.evolution.progress import Progress
+from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
+from evonas.evolution.toolbox import make_toolbox
+from evonas.store.archive import Archive, json_safe
+from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from evonas.store.runlog import (
     CONFIG_COPY,
-    Progress,
     append_logbook,
     best_cells,
     rewrite_logbook,
     write_best_cells,
     write_config,
 )
-from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
-from evonas.evolution.toolbox import make_individual, make_toolbox, to_node
 
 
 def resolve_seed(name: str) -> tuple[str, Node]:
@@ -50,11 +51,11 @@ def resolve_seed(name: str) -> tuple[str, Node]:
 def make_evaluator(cfg: RunConfig) -> Evaluator:
     """The evaluator named by the config (local processes or Ray)."""
     if cfg.backend == "ray":
-        from evonas.ray_evaluator import RayEvaluator
+        from evonas.evaluation.ray_backend import RayEvaluator
 
         gpus = 1 if cfg.device.startswith("cuda") else 0
         return RayEvaluator(address=cfg.ray_address, timeout=cfg.eval_timeout, gpus_per_eval=gpus)
-    from evonas.evaluators import LocalEvaluator
+    from evonas.evaluation import LocalEvaluator
 
     devices = None  # auto on a machine without GPUs: workers inherit the environment
     if cfg.device == "cpu" or ":" in cfg.device:
@@ -302,7 +303,7 @@ class _Baseline(list):
         super().__init__()
         self.node = node
         self.key = canonical_text(node)
-        from evonas.evolution.toolbox import Fitness
+        from evonas.evolution.genome import Fitness
 
         self.fitness = Fitness()
 

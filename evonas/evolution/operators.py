@@ -19,7 +19,7 @@ from deap import base, gp
 
 from evonas.cells import FilterConfig, Node, canonical_text, filter_report, is_well_formed, preorder
 from evonas.errors import ConfigError
-from evonas.evolution.toolbox import Individual, make_individual, to_node, to_tree
+from evonas.evolution.genome import Individual, make_individual, to_node, to_tree
 
 Tree = gp.PrimitiveTree  # an Individual: a PrimitiveTree with .fitness and .key
 HIDDEN, ANY, GATE = "hidden", "any", "gate"  # slot kinds: needs hidden size / may read the input / Gate3's gate

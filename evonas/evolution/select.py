@@ -137,7 +137,14 @@ class NSGA2:
 
 
 class Aging:
-    """Regularized (aging) evolution, Real et al. 2019: tournament parents, the oldest die, mutation only."""
+    """Regularized (aging) evolution, Real et al. 2019: a steady-state queue, oldest first.
+
+    Each child is made by mutating the best of `size` cells sampled from the queue (mutation only); it joins
+    the queue at the young end and the oldest cell leaves, so the queue keeps the size it had after
+    generation 0 (the seed cells and the random population). Failed and diverged children join too and age
+    out like any other cell (they are never parents). A cell leaves by age, never by fitness; the seed cells
+    therefore age out after the first children, but they stay in the archive and the report as baselines.
+    """
 
     name = "aging"
     crossover = False
@@ -146,13 +153,15 @@ class Aging:
         self.size, self.rng = size, rng
 
     def parents(self, population: list, n: int) -> list:
-        """n parents, each the best of a random sample of `size`."""
+        """n parents, each the best of a random sample of `size` (usable cells only)."""
         return tournament(population, n, self.size, self.rng)
 
     def survivors(self, population: list, offspring: list, mu: int) -> list:
-        """The mu youngest: population is ordered oldest first, the usable offspring join at the end."""
-        queue = _unique([i for i in population + offspring if usable(i)])
-        return queue[-mu:] if mu > 0 else []
+        """The queue after the children join: one oldest removed per child (generation 0: all its cells)."""
+        if not population:
+            return list(offspring)
+        queue = list(population) + list(offspring)
+        return queue[len(offspring):]
 
 
 def make_selector(config: Any, rng: random.Random) -> Tournament | NSGA2 | Aging:

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from evonas.cells import Node, preorder
 from evonas.cells.tree import uses
-from evonas.compiler import compile_cell
+from evonas.nn.compiler import compile_cell
 
 State = list[tuple[Tensor, Tensor | None]]
 

@@ -6,7 +6,7 @@ likewise in pre-order. `forward(x[T, B, I], state=None) -> (h[T, B, H], (h_T, c_
 Within one call steps are numbered t = 0, 1, ...: `x_prev` is zeros and `PosEnc` adds P_0 at t = 0, so a
 sequence run in chunks with carried state equals the whole run only for cells without `x_prev`/`PosEnc`.
 
-`forward` runs the fast plan of `evonas.compiler_fast` (grouped, hoisted MMs); `reference_forward` is the
+`forward` runs the fast plan of `evonas.nn.fast` (grouped, hoisted MMs); `reference_forward` is the
 plain node-by-node evaluator that the tests and `benchmarks/cell_speed.py` compare it against.
 """
 
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from evonas.cells import Node, canonical, check, parse, preorder, to_text
 from evonas.cells.ops import INPUT_SOURCES
-from evonas.compiler_fast import Plan, fast_forward
-from evonas.compiler_ops import ELEMENTWISE, position_encoding
 from evonas.errors import CellError
+from evonas.nn.fast import Plan, fast_forward
+from evonas.nn.ops import ELEMENTWISE, position_encoding
 
 State = tuple[Tensor, Tensor | None]
 

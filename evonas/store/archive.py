@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from evonas.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from evonas.evaluators import Job
-    from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
+    from evonas.evaluation import Job
+    from evonas.training.config import EvalResult  # = evonas.training.train.EvalResult, without importing torch
 
 ARCHIVE_NAME = "archive.sqlite"
 FORMAT_VERSION = 1  # stored as PRAGMA user_version
@@ -197,7 +197,7 @@ class Archive:
 
     def results(self) -> dict[str, EvalResult]:
         """Canonical cell -> its latest EvalResult."""
-        from evonas.train_config import EvalResult  # = evonas.train.EvalResult, without importing torch
+        from evonas.training.config import EvalResult  # = evonas.training.train.EvalResult, without importing torch
 
         return {r["key"]: EvalResult.from_dict(r["metrics"]) for r in self}
 

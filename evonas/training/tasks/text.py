@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 
 from evonas.errors import DataError
-from evonas.tasks.base import TokenTask, tokens_to_tensor
+from evonas.training.tasks.base import TokenTask, tokens_to_tensor
 
 EOS, UNK = "<eos>", "<unk>"
 LAYOUTS = (("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"), ("train.txt", "valid.txt", "test.txt"))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from evonas.cells import Node
 from evonas.cells.ops import INPUT_SOURCES
-from evonas.compiler_ops import ELEMENTWISE, finish_operands, position_encoding, weight_gradient_tap
+from evonas.nn.ops import ELEMENTWISE, finish_operands, position_encoding, weight_gradient_tap
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
 Slots = list  # the per-forward value table: slot index -> tensor

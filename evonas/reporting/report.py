@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evonas.archive import ARCHIVE_NAME, Archive
 from evonas.cells import OPS, equations, node_count, op_counts, parse
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, EvonasError
+from evonas.store.archive import ARCHIVE_NAME, Archive
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -274,7 +274,7 @@ def _inline_svg(path: Path) -> str:
 
 
 def _cell_section(rows: list[dict], seeds: dict[str, str], out_dir: Path) -> str:
-    from evonas.cells.diagram import write_diagram
+    from evonas.reporting.diagram import write_diagram
 
     have_dot = shutil.which("dot") is not None
     names = {key: name for name, key in seeds.items()}
@@ -318,7 +318,7 @@ code.text{font-size:.8em;word-break:break-all}.metrics{color:#444}
 
 def render(data: RunData, out_dir: Path) -> str:
     """Build the HTML page; PNGs and diagrams are written to out_dir as a side effect."""
-    from evonas import plots
+    from evonas.reporting import plots
 
     rows, notes = data.rows, list(data.notes)
     curve = best_so_far(rows)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from evonas.cells import Node, canonical_text, to_text
-from evonas.device import resolve_device
 from evonas.errors import CellError, CellSyntaxError
-from evonas.model import CellModel, count_params, detach_state
-from evonas.tasks import get_task
-from evonas.tasks.base import Task
-from evonas.train_config import EvalResult, TrainConfig
+from evonas.nn.model import CellModel, count_params, detach_state
+from evonas.training.config import EvalResult, TrainConfig
+from evonas.training.device import resolve_device
+from evonas.training.tasks import get_task
+from evonas.training.tasks.base import Task
 
 __all__ = ["EvalResult", "TrainConfig", "evaluate", "resolve_cell"]
 

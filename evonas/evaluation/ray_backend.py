@@ -1,4 +1,4 @@
-"""Ray backend of the evaluator contract (see evonas.evaluators): one Ray task per job.
+"""Ray backend of the evaluator contract (see evonas.evaluation.base): one Ray task per job.
 
 - `RayEvaluator(address=None)` connects to the cluster at `address` ("auto", "ray://host:10001", "host:6379"),
   or starts a local Ray (no dashboard, quiet logs) when None; it reuses a Ray already initialised in this
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from evonas.errors import ConfigError
-from evonas.evaluators import (
+from evonas.evaluation.base import (
     Evaluator,
     Job,
     JobFn,
@@ -105,7 +105,7 @@ class RayEvaluator(Evaluator):
         )
 
     def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
-        """Evaluate all jobs as Ray tasks; see the contract in evonas.evaluators."""
+        """Evaluate all jobs as Ray tasks; see the contract in evonas.evaluation.base."""
         ray = self._ray()
         pending = list(reversed(jobs))
         limit = self.max_in_flight or len(pending)

@@ -1,7 +1,7 @@
 """Tasks: turn a cell into metrics by training a model around it (synthetic, text, music).
 
 `get_task(name, data, level)` is the registry: it loads (and caches per process) the task's data.
-The interface every task implements is `evonas.tasks.base.Task` (its contract is written there).
+The interface every task implements is `evonas.training.tasks.base.Task` (its contract is written there).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from evonas.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from evonas.tasks.base import Task
+    from evonas.training.tasks.base import Task
 
 TASK_NAMES = ("synthetic", "text", "music")
 
@@ -19,17 +19,17 @@ TASK_NAMES = ("synthetic", "text", "music")
 def get_task(name: str, data: str | None = None, level: str = "word") -> Task:
     """The task `name` with its data loaded; ConfigError for an unknown name, DataError for bad data."""
     if name == "synthetic":
-        from evonas.tasks import synthetic
+        from evonas.training.tasks import synthetic
 
         return synthetic.load()
     if name == "text":
-        from evonas.tasks import text
+        from evonas.training.tasks import text
 
         if data is None:
             raise DataError("the text task needs a data path (a folder with train/valid/test text files)")
         return text.load(data, level)
     if name == "music":
-        from evonas.tasks import music
+        from evonas.training.tasks import music
 
         if data is None:
             raise DataError("the music task needs a data path (a JSON or pickle file with train/valid/test)")

@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 
-from evonas.tasks.base import TokenTask, tokens_to_tensor
+from evonas.training.tasks.base import TokenTask, tokens_to_tensor
 
 LANG_SEED = 1234
 SPLIT_SEEDS = {"train": 1, "valid": 2, "test": 3}

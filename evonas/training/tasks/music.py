@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from evonas.errors import DataError
-from evonas.tasks.base import Batch, Task
+from evonas.training.tasks.base import Batch, Task
 
 LOW, HIGH = 21, 108
 N_NOTES = HIGH - LOW + 1
