@@ -64,26 +64,36 @@ def export(run: str, csv_file: str | None) -> None:
               show_default=True)
 @click.option("--full", is_flag=True, help="Do not shorten cell texts.")
 def show(run: str, top: int, sort: str, full: bool) -> None:
-    """The best evaluations of RUN as a table (seed baselines marked), with a status summary."""
+    """The best cells of RUN as a table (seed baselines marked), with a status summary.
+
+    One line per cell, at its fitness row: the highest rung it reached (a cell promoted further ranks above
+    every cell that stopped earlier), then the best validation loss there."""
+    from evonas.store.archive import fitness_order, fitness_rows, rung
+
     seeds = _seeds(run)
     with _open(run) as a:
-        rows = a.rows()
+        all_rows = a.rows()
+    rows = fitness_rows(all_rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
 
     def key(r: dict) -> tuple:
+        if sort == "valid_loss":
+            return fitness_order(r)
         v = r[sort]
         bad = v is None or (isinstance(v, float) and not math.isfinite(v)) or r["status"] != "ok"
         return (bad, v if not bad else 0, r["key"])
 
-    click.echo(f"{len(rows)} evaluations: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    click.echo(f"{'#':>3}  {'valid_loss':>10}  {'ppl':>9}  {'params':>8}  {'gen':>3}  {'status':<8}  cell")
+    click.echo(f"{len(all_rows)} evaluations of {len(rows)} cells: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(f"{'#':>3}  {'valid_loss':>10}  {'ppl':>9}  {'params':>8}  {'gen':>3}  {'rung':>4}  {'status':<8}  cell")
     for i, r in enumerate(sorted(rows, key=key)[:top], 1):
         m = r["metrics"]
         loss = f"{r['valid_loss']:.4f}" if r["valid_loss"] is not None else "-"
         ppl = f"{m['valid_ppl']:.3f}" if m.get("valid_ppl") is not None else "-"
         cell = r["key"] if full or len(r["key"]) <= 90 else r["key"][:87] + "..."
         tag = f"  [seed: {seeds[r['key']]}]" if r["key"] in seeds else ""
-        click.echo(f"{i:>3}  {loss:>10}  {ppl:>9}  {r['params']:>8}  {r['generation']:>3}  {r['status']:<8}  "
+        click.echo(f"{i:>3}  {loss:>10}  {ppl:>9}  {r['params']:>8}  {r['generation']:>3}  {rung(r):>4}  "
+                   f"{r['status']:<8}  "
                    f"{cell}{tag}")

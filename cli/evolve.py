@@ -19,9 +19,10 @@ def _summary(best: dict) -> None:
     def line(e: dict) -> str:
         loss = f"{e['valid_loss']:.4f}" if e.get("valid_loss") is not None else e.get("status", "?")
         tag = f" [{e['seed']}]" if e.get("seed") else ""
-        return f"  {loss:>9}  {e['params']:>8}  {e['cell']}{tag}"
+        budget = ", ".join(f"{v} {k}" for k, v in (e.get("budget") or {}).items())
+        return f"  {loss:>9}  {e['params']:>8}  {e.get('rung', 0):>4}  {budget:>10}  {e['cell']}{tag}"
 
-    click.echo("best cells (valid loss, params):", err=True)
+    click.echo("best cells (valid loss, params, rung, budget; a higher rung ranks first):", err=True)
     for e in best["best"][:5]:
         click.echo(line(e), err=True)
     if best["baselines"]:

@@ -29,6 +29,9 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--level", type=click.Choice(["word", "char"]), default="word", show_default=True,
               help="Text task: word or character level.")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Hidden size (default: the task's).")
+@click.option("--match-params", default=None, metavar="CELL|N",
+              help="Size the hidden layer so the model has the parameters of this library cell at --hidden "
+                   "(or N parameters), within 5%.")
 @click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epoch budget.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer-step budget.")
@@ -49,7 +52,8 @@ def _progress(d: dict[str, Any]) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
 @click.option("--test/--no-test", default=True, show_default=True, help="Also measure the test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(cell: str, task: str, data: str | None, level: str, hidden: int | None, layers: int, epochs: int | None,
+def train(cell: str, task: str, data: str | None, level: str, hidden: int | None, match_params: str | None,
+          layers: int, epochs: int | None,
           steps: int | None, seconds: float | None, clock: str, lr: float | None, optimizer: str | None,
           batch_size: int | None, bptt: int | None, dropout: float, weight_drop: float, patience: int | None,
           seed: int, device: str, threads: int | None, test: bool, as_json: bool) -> None:
@@ -72,6 +76,17 @@ def train(cell: str, task: str, data: str | None, level: str, hidden: int | None
     except TypeError as e:
         raise ConfigError(str(e)) from None
     get_task(task, data, level)  # DataError for a bad path or format: exit 2 before anything is printed
+    if match_params is not None:
+        from evonas.cells.library import lookup
+        from evonas.training.sizing import match_hidden
+
+        target: str | int = int(match_params) if match_params.isdigit() else match_params
+        if isinstance(target, str) and lookup(target) is None:
+            raise ConfigError(f"--match-params: {match_params!r} is neither a cell-library name nor an integer")
+        sized = match_hidden(canonical_text(node), cfg.to_dict(), target)
+        if isinstance(sized, str):
+            raise ConfigError(f"--match-params {match_params}: {sized}")
+        cfg.hidden = sized
     if not as_json:
         click.echo(f"training {canonical_text(node)} on {task}", err=True)
     result = evaluate(node, cfg, progress=None if as_json else _progress)

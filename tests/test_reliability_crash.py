@@ -26,8 +26,10 @@ HARNESS = str(TESTS / "reliability_jobs.py")
 
 
 GENERATIONS = 4
-# A tiny real search: 3 seeds + 4 initial + 4 x 3 offspring = 19 evaluations, each a few training steps.
-# The third seed blows up (h_t = MM(x) + 1000 h_{t-1} overflows, then inf - inf = NaN): a real diverged cell.
+# A tiny real search: 3 seeds + 4 initial + 4 x 3 offspring = 19 cells, each a few training steps, with two
+# rungs (4 steps, then 8 for the best third and the seeds, continuing from the saved state), so kills also land
+# inside a rung and between rungs. The third seed blows up (h_t = MM(x) + 1000 h_{t-1} overflows, then
+# inf - inf = NaN): a real diverged cell.
 CONFIG = f"""
 generations: {GENERATIONS}
 population: 4
@@ -37,7 +39,8 @@ device: cpu
 seed: 7
 surrogate: treelstm
 seed_cells: [tanh_rnn, gru, "Add(MM(x),Div(h_prev,Sub(h_prev,h_prev)))"]
-train: {{hidden: 8, steps: 8}}
+fidelity: {{rungs: [4, 8], eta: 3}}
+train: {{hidden: 8}}
 """
 # Kills in order: "ext" = SIGKILL from outside at a random moment once the run is under way, "ext-train" =
 # from outside at a random moment soon after a new evaluation arrived (workers busy training), else a kill
@@ -49,7 +52,7 @@ MAX_ATTEMPTS = 40
 
 
 def snapshot(run: Path) -> dict[str, dict]:
-    """key -> metrics of the archive, read-only; asserts one row per key."""
+    """"key@rung" -> metrics of the archive, read-only; asserts one row per (cell, rung)."""
     path = run / "archive.sqlite"
     if not path.exists():
         return {}
@@ -58,9 +61,9 @@ def snapshot(run: Path) -> dict[str, dict]:
         rows = db.execute("SELECT key, metrics FROM evaluations ORDER BY id").fetchall()
     finally:
         db.close()
-    keys = [k for k, _ in rows]
-    assert len(keys) == len(set(keys)), f"duplicate archive rows: {sorted(k for k in keys if keys.count(k) > 1)}"
-    return {k: json.loads(m) for k, m in rows}
+    out = {f"{k}@{json.loads(m).get('rung', 0)}": json.loads(m) for k, m in rows}
+    assert len(out) == len(rows), f"duplicate archive rows: {len(rows) - len(out)} (cell, rung) pairs twice"
+    return out
 
 
 def group_left(pgid: int, wait: float = 30.0) -> list[str]:
@@ -162,19 +165,22 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
     assert state["next_gen"] == GENERATIONS + 1
     book = [json.loads(line) for line in (run / "logbook.jsonl").read_text().splitlines()]
     assert [e["gen"] for e in book] == list(range(GENERATIONS + 1))
-    assert sum(e["trained"] for e in book) == len(seen)
+    assert sum(e["trained"] for e in book) == len({k.rsplit("@", 1)[0] for k in seen})
+    assert all(e["rungs"][1]["trained"] >= 1 for e in book)  # every generation promoted cells to rung 1
     # The journal line is written just after the archive commit, so a kill in between may drop it (never more
     # than one per kill); every journalled cell is in the archive.
-    journalled = {ln[4:] for ln in lines if ln.startswith("new ")}
-    assert journalled <= set(seen) and len(seen) - len(journalled) <= len(kills)
+    journalled = [ln[4:] for ln in lines if ln.startswith("new ")]
+    assert set(journalled) <= {k.rsplit("@", 1)[0] for k in seen} and len(seen) - len(journalled) <= len(kills)
     ok = {k for k, m in seen.items() if m["status"] == "ok" and m.get("valid_loss") is not None}
-    for ind in state["population"] + state["hall_of_fame"]:
-        assert ind["key"] in ok and ind["fitness"][0] == seen[ind["key"]]["valid_loss"]
-    assert state["hall_of_fame"][0]["fitness"][0] == min(seen[k]["valid_loss"] for k in ok)
+    for ind in state["population"] + state["hall_of_fame"]:  # fitness = the result at the highest rung reached
+        at = f"{ind['key']}@{ind['rung']}"
+        assert at in ok and ind["fitness"][0] == seen[at]["valid_loss"]
+    top = [k for k in ok if k.endswith("@1")]
+    assert state["hall_of_fame"][0]["fitness"][0] == min(seen[k]["valid_loss"] for k in top)
     diverged = [m for m in seen.values() if m["status"] != "ok"]
     assert diverged and all(m["reason"] for m in diverged)
     best = json.loads((run / "best_cells.json").read_text())
-    assert all(e["cell"] in ok for e in best["best"])
+    assert all(f"{e['cell']}@{e['rung']}" in ok for e in best["best"])
 
 
 def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):
@@ -190,4 +196,4 @@ def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):
     again = subprocess.run([sys.executable, HARNESS, "resume", str(run)], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(snapshot(run)) == 3 + 4
+    assert len({k.rsplit("@", 1)[0] for k in snapshot(run)}) == 3 + 4

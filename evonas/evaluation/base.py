@@ -41,12 +41,20 @@ JobFn = Callable[["Job"], "EvalResult"]
 
 @dataclass(frozen=True)
 class Job:
-    """One evaluation: a cell (canonical `key`, written `cell`) under a training config dict."""
+    """One evaluation: a cell (canonical `key`, written `cell`) under a training config dict.
+
+    Multi-fidelity: `rung` is the successive-halving rung the budget belongs to; `state_in` (a file written by
+    the same arm's previous rung) makes training continue instead of restarting; `state_out` is where the
+    training state is saved at the end for the next rung. Paths never enter the archive's budget key.
+    """
 
     key: str
     cell: str
     config: dict = field(hash=False)
     generation: int = 0
+    rung: int = 0
+    state_in: str | None = None
+    state_out: str | None = None
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-safe when the config is) for sending to workers."""
@@ -55,14 +63,15 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict) -> Job:
         """Inverse of `to_dict`."""
-        return cls(key=d["key"], cell=d["cell"], config=dict(d["config"]), generation=int(d.get("generation", 0)))
+        return cls(key=d["key"], cell=d["cell"], config=dict(d["config"]), generation=int(d.get("generation", 0)),
+                   rung=int(d.get("rung", 0)), state_in=d.get("state_in"), state_out=d.get("state_out"))
 
 
 def train_job(job: Job) -> EvalResult:
     """Default job function: train the cell with `evonas.training.train.evaluate` under the job's config."""
     from evonas.training.train import TrainConfig, evaluate
 
-    return evaluate(job.cell, TrainConfig.from_dict(job.config))
+    return evaluate(job.cell, TrainConfig.from_dict(job.config), state_in=job.state_in, state_out=job.state_out)
 
 
 def failed_result(job: Job, reason: str, seconds: float = 0.0) -> EvalResult:

@@ -54,6 +54,13 @@ class RunConfig:
     eval_timeout: float | None = None  # seconds per evaluation (None = no limit)
     best_k: int = 10  # cells written to best_cells.json
     train: dict = field(default_factory=dict)
+    # Multi-fidelity: {rungs: [b0, b1, ...], eta: 3, unit: steps|epochs}. Every chosen cell trains at rung 0;
+    # the best 1/eta continue (from their saved state) to the next rung; seed cells always reach the top.
+    # null: one rung, the `train` budget.
+    fidelity: dict | None = None
+    lrs: list[float] | None = None  # learning rates raced per cell at rung 0 (null: the train lr only)
+    match_params: str | int | None = None  # library cell name or parameter count every cell is sized to (5%)
+    confirm: dict | None = None  # run `evonas confirm` at the end: {top: 3, seeds: 3, budget: {...}}
 
     # ------------------------------------------------------------ loading
 
@@ -153,11 +160,62 @@ class RunConfig:
                               f"part of the queue), got offspring {self.offspring} and population {self.population}")
         if not isinstance(self.train, dict):
             raise bad("train", "a mapping of training settings")
+        self._validate_fidelity()
         for k in ("task", "data", "device", "seed"):
             if k in self.train:
                 raise ConfigError(f"train.{k}: set {k} at the top level of the config, not under train")
 
+    def _validate_fidelity(self) -> None:
+        """Check fidelity, lrs, match_params and confirm (ConfigError naming the key)."""
+        f = self.fidelity
+        if f is not None:
+            if not isinstance(f, dict) or set(f) - {"rungs", "eta", "unit"}:
+                raise ConfigError(f"fidelity must be a mapping with keys rungs, eta, unit; got {f!r}")
+            rungs, eta, unit = f.get("rungs"), f.get("eta", 3), f.get("unit", self.fidelity_unit())
+            if (not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                                     and r >= 1 for r in rungs)
+                    or any(b <= a for a, b in zip(rungs, rungs[1:], strict=False))):
+                raise ConfigError(f"fidelity.rungs must be a list of increasing positive integers, got {rungs!r}")
+            if not isinstance(eta, int) or isinstance(eta, bool) or eta < 2:
+                raise ConfigError(f"fidelity.eta must be an integer >= 2, got {eta!r}")
+            if unit not in ("steps", "epochs"):
+                raise ConfigError(f"fidelity.unit must be steps or epochs, got {unit!r}")
+        if self.lrs is not None and (not isinstance(self.lrs, list) or not self.lrs or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in self.lrs)):
+            raise ConfigError(f"lrs must be a non-empty list of positive learning rates or null, got {self.lrs!r}")
+        m = self.match_params
+        if m is not None and not (isinstance(m, str) and m) and not (isinstance(m, int) and not isinstance(m, bool)
+                                                                    and m > 0):
+            raise ConfigError(f"match_params must be a library cell name, a positive integer or null, got {m!r}")
+        if isinstance(m, str):
+            from evonas.cells import library
+
+            if library.lookup(m) is None:
+                raise ConfigError(f"match_params: {m!r} is not a cell-library name")
+        c = self.confirm
+        if c is not None and (not isinstance(c, dict) or set(c) - {"top", "seeds", "budget"}):
+            raise ConfigError(f"confirm must be a mapping with keys top, seeds, budget; got {c!r}")
+
     # ------------------------------------------------------------ derived settings
+
+    def fidelity_unit(self) -> str:
+        """The unit of the rung budgets: the config's `fidelity.unit`, else epochs when `train` sets epochs."""
+        if self.fidelity and self.fidelity.get("unit"):
+            return self.fidelity["unit"]
+        return "epochs" if self.train.get("epochs") is not None else "steps"
+
+    def eta(self) -> int:
+        """Successive halving's reduction factor (1/eta of the cells go on to the next rung)."""
+        return int((self.fidelity or {}).get("eta", 3))
+
+    def rung_budgets(self, base: dict | None = None) -> list[dict]:
+        """The TrainConfig dict of each rung, lowest first (one rung, the `train` budget, without fidelity);
+        `base` replaces the run's training config (tests train a fake task)."""
+        base = self.train_dict() if base is None else base
+        if not self.fidelity:
+            return [base]
+        unit = self.fidelity_unit()
+        return [{**base, "steps": None, "epochs": None, "seconds": None, unit: b} for b in self.fidelity["rungs"]]
 
     def filter_config(self) -> FilterConfig:
         """The structural filters of this run (`defaults.SEARCH_FILTERS`, then the config's `filters`)."""

@@ -9,24 +9,26 @@ only counts archive rows of earlier generations, so a replayed generation choose
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from evonas.cells import Node, canonical_text, check, parse, to_text
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
-from evonas.evaluation import Evaluator, Job
+from evonas.evaluation import Evaluator, Job, failed_result
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
 from evonas.evolution.genome import make_individual, to_node
 from evonas.evolution.operators import breed
 from evonas.evolution.progress import Progress
-from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
+from evonas.evolution.select import HallOfFame, set_fitness, usable
 from evonas.evolution.toolbox import make_toolbox
-from evonas.store.archive import Archive, json_safe
+from evonas.store.archive import Archive, budget_json, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.store.runlog import (
     CONFIG_COPY,
@@ -132,7 +134,7 @@ class Search:
 
     def _individual(self, d: dict):
         ind = make_individual(check(parse(d["cell"])), self.tb.pset)
-        set_fitness(ind, *(d.get("fitness") or (None, None)))
+        set_fitness(ind, *(d.get("fitness") or (None, None)), rung=d.get("rung", 0))
         return ind
 
     def _restore(self, state: dict) -> None:
@@ -151,7 +153,7 @@ class Search:
     def _state(self) -> dict:
         def dump(ind) -> dict:
             fit = list(ind.fitness.values) if usable(ind) else None
-            return {"cell": _written(ind), "key": ind.key, "fitness": fit}
+            return {"cell": _written(ind), "key": ind.key, "fitness": fit, "rung": getattr(ind, "rung", 0)}
 
         return {"config": self.cfg.to_dict(), "next_gen": self.next_gen,
                 "population": [dump(i) for i in self.population], "hall_of_fame": [dump(i) for i in self.hof],
@@ -168,8 +170,15 @@ class Search:
         return self._evaluator
 
     def total_evaluations(self) -> int:
-        """Planned evaluations of the whole run (seeds + initial population + offspring per generation)."""
-        return len(self.cfg.seed_cells) + self.cfg.population + self.cfg.generations * self.cfg.offspring
+        """Planned training jobs of the whole run: every (cell, lr) arm at rung 0, then 1/eta per higher rung."""
+        def jobs(n_cells: int) -> int:
+            alive, total = n_cells * len(self.cfg.lrs or [None]), 0
+            for _ in range(len((self.cfg.fidelity or {}).get("rungs", [0]))):
+                total += alive
+                alive = max(1, alive // self.cfg.eta())
+            return total
+
+        return jobs(len(self.cfg.seed_cells) + self.cfg.population) + self.cfg.generations * jobs(self.cfg.offspring)
 
     def run(self) -> dict:
         """Run (or continue) the search to the last generation; returns the best-cells summary."""
@@ -184,6 +193,12 @@ class Search:
                 scr.on_resume(self.screen, self._records(before=self.next_gen))
             while self.next_gen <= self.cfg.generations:
                 self._generation(self.next_gen)
+            if self.cfg.confirm is not None:  # retrain the best and the seed cells with fresh paired seeds
+                from evonas.evolution.confirm import ConfirmSettings, confirm
+
+                self.progress.finish()
+                confirm(self.dir, ConfirmSettings.from_dict(self.cfg.confirm, self.cfg.match_params),
+                        evaluator=self.evaluator, out=self.stderr if self.stderr is not None else sys.stderr)
             return best_cells(self.archive.rows(), self.cfg.best_k, self.seeds)
         finally:
             self.progress.finish()
@@ -201,13 +216,14 @@ class Search:
             chosen, predicted = self._initial(seen), None
         else:
             chosen, predicted, info = self._offspring(g, seen)
-        results, reused = self._evaluate(chosen, g)
+        results, first, reused, rung_info = self._evaluate(chosen, g)
+        info.update(rung_info)
         for ind in chosen:
             m = results[ind.key]
-            set_fitness(ind, m.get("valid_loss") if m.get("status") == "ok" else None, m.get("params"))
+            set_fitness(ind, m.get("valid_loss") if m.get("status") == "ok" else None, m.get("params"), m["rung"])
         tau = None
-        if predicted is not None:
-            tau = scr.kendall_tau(predicted, [results[i.key].get("valid_loss") for i in chosen])
+        if predicted is not None:  # the screen predicts the first rung's result (the one every cell gets)
+            tau = scr.kendall_tau(predicted, [first[i.key].get("valid_loss") for i in chosen])
             info["predicted"] = {i.key: p for i, p in zip(chosen, predicted, strict=True)}  # for `evonas report`
         if self.screen is not None:
             try:
@@ -224,7 +240,7 @@ class Search:
         entry = {"gen": g, "trained": len(chosen), "reused": reused,
                  "failures": sum(results[i.key].get("status") != "ok" for i in chosen),
                  "best": losses[0] if losses else None, "median": statistics.median(losses) if losses else None,
-                 "best_ever": rank_key(self.hof.items[0])[0] if len(self.hof) else None,
+                 "best_ever": self.hof.items[0].fitness.values[0] if len(self.hof) else None,
                  "tau": tau, "seconds": round(time.monotonic() - t0, 2), **info}
         self.logbook.append(entry)
         self.next_gen = g + 1
@@ -266,27 +282,106 @@ class Search:
         idx = scr.random_subset(len(cands), n, self.rng)
         return [cands[i] for i in idx], None, {"candidates": len(cands)}
 
-    def _evaluate(self, inds: list, g: int) -> tuple[dict[str, dict], int]:
-        """Metrics (EvalResult dicts) per key: archived cells are looked up, the rest trained and recorded."""
-        results: dict[str, dict] = {}
-        jobs, reused = [], 0
+    def _evaluate(self, inds: list, g: int) -> tuple[dict[str, dict], dict[str, dict], int, dict]:
+        """Successive halving over the generation's (cell, learning rate) arms (DESIGN "Search loop", step 3).
+
+        Every arm trains at rung 0; the best 1/eta of each rung (by validation loss) continue from their saved
+        training state to the next rung; seed cells always reach the top rung. Each (cell, rung, lr) result is
+        an archive row; rows already archived are looked up, never trained again. Returns per key the metrics
+        its fitness comes from (highest rung reached, best arm there, with "rung"), per key its best rung-0
+        metrics, how many results were looked up, and the logbook's rung summary.
+        """
+        rungs, eta = self.cfg.rung_budgets(self.budget), self.cfg.eta()
+        seed_keys = set(self.seeds.values())
+        arms = [(ind, lr) for ind in inds for lr in (self.cfg.lrs or [None])]
+        base: dict[int, dict | None] = {a: self._arm_budget(ind, lr) for a, (ind, lr) in enumerate(arms)}
+        res: dict[int, dict[int, dict]] = {a: {} for a in range(len(arms))}
+        reused = 0
+        for a, (ind, lr) in enumerate(arms):  # a cell that cannot be sized to the target is a failed result
+            if isinstance(base[a], str):
+                job = Job(key=ind.key, cell=_written(ind), generation=g,
+                          config={**rungs[0], "match_params": str(self.cfg.match_params)})
+                row = self.archive.find(ind.key, 0, lr)
+                if row is None:
+                    self.archive.add(job, failed_result(job, base[a]))
+                    row = self.archive.find(ind.key, 0, lr)
+                res[a][0] = {**row["metrics"], "rung": 0}
+        alive = [a for a in range(len(arms)) if not isinstance(base[a], str)]
+        summary: list[dict] = []
+        taus: list[float | None] = []
+        for r, budget in enumerate(rungs):
+            jobs: list[Job] = []
+            arm_of: dict[tuple, int] = {}
+            for a in alive:
+                ind, lr = arms[a]
+                cfg = {**budget, **base[a]}
+                row = self.archive.find(ind.key, r, lr)
+                if row is not None:
+                    res[a][r] = {**row["metrics"], "rung": r}
+                    reused += 1
+                    self.progress.record(row["metrics"], trained=False)
+                    continue
+                prev = self._state_file(ind.key, lr, r - 1) if r else None
+                arm_of[(ind.key, budget_json(cfg))] = a
+                jobs.append(Job(key=ind.key, cell=_written(ind), config=cfg, generation=g, rung=r,
+                                state_in=str(prev) if prev is not None and prev.exists() else None,
+                                state_out=str(self._state_file(ind.key, lr, r)) if r + 1 < len(rungs) else None))
+
+            if jobs:
+                self.evaluator.run(jobs, functools.partial(self._on_result, res, arm_of))
+            losses = [_loss(res[a][r]) for a in alive]
+            summary.append({"rung": r, "budget": budget.get(self.cfg.fidelity_unit()) if self.cfg.fidelity else None,
+                            "trained": len(alive), "best": min(losses, default=None)})
+            if r:
+                went_on = [a for a in alive if math.isfinite(_loss(res[a][r - 1]))]
+                taus.append(scr.kendall_tau([_loss(res[a][r - 1]) for a in went_on],
+                                            [res[a][r].get("valid_loss") for a in went_on]))
+            if r + 1 == len(rungs):
+                break
+            ok = sorted((a for a in alive if math.isfinite(_loss(res[a][r]))),
+                        key=lambda a: (_loss(res[a][r]), arms[a][0].key, str(arms[a][1])))
+            keep = set(ok[: max(1, len(alive) // eta)]) | {a for a in ok if arms[a][0].key in seed_keys}
+            alive = [a for a in alive if a in keep]
+        results, first = {}, {}
         for ind in inds:
-            row = self.archive.get(ind.key)
-            if row is not None:
-                results[ind.key] = row["metrics"]
-                reused += 1
-                self.progress.record(row["metrics"], trained=False)
-            else:
-                jobs.append(Job(key=ind.key, cell=_written(ind), config=self.budget, generation=g))
+            mine = [res[a] for a, (i, _) in enumerate(arms) if i is ind]
+            first[ind.key] = min((m[0] for m in mine), key=_loss)
+            every = [m for arm in mine for m in arm.values()]  # a cell's fitness: highest rung with a real loss
+            results[ind.key] = min(every, key=lambda m: (-m["rung"] if math.isfinite(_loss(m)) else 1, _loss(m)))
+        self._drop_states()
+        info = {"rungs": summary, "rung_tau": taus} if len(rungs) > 1 or self.cfg.lrs else {}
+        return results, first, reused, info
 
-        def on_result(job: Job, result: Any) -> None:
-            self.archive.add(job, result)
-            results[job.key] = json_safe(result.to_dict())
-            self.progress.record(results[job.key], trained=True)
+    def _on_result(self, res: dict, arm_of: dict, job: Job, result: Any) -> None:
+        """Record one (cell, rung) result as it arrives: archive row first, then the generation's table."""
+        self.archive.add(job, result)
+        m = json_safe(result.to_dict())
+        res[arm_of[(job.key, budget_json(job.config))]][job.rung] = {**m, "rung": job.rung}
+        self.progress.record(m, trained=True)
 
-        if jobs:
-            self.evaluator.run(jobs, on_result)
-        return results, reused
+    def _arm_budget(self, ind: Any, lr: float | None) -> dict | str:
+        """Settings of one arm on top of the rung budget: its lr and (with match_params) its hidden size;
+        a string (the reason) when the cell cannot be sized within 5% of the target."""
+        out: dict = {} if lr is None else {"lr": float(lr)}
+        if self.cfg.match_params is None:
+            return out
+        from evonas.training.sizing import match_hidden
+
+        matched = match_hidden(_written(ind), self.budget, self.cfg.match_params)
+        return matched if isinstance(matched, str) else {**out, "hidden": matched}
+
+    def _state_file(self, key: str, lr: float | None, rung: int) -> Path:
+        """Where an arm's training state after `rung` lives while its generation runs."""
+        import hashlib
+
+        digest = hashlib.sha1(f"{key}|{lr}".encode()).hexdigest()[:16]
+        return self.dir / "states" / f"{digest}-r{rung}.pt"
+
+    def _drop_states(self) -> None:
+        """Training states are only needed inside a generation (a replayed generation recreates them)."""
+        import shutil
+
+        shutil.rmtree(self.dir / "states", ignore_errors=True)
 
     def close(self) -> None:
         """Release the evaluator (when this search created it) and the archive."""
@@ -306,6 +401,12 @@ class _Baseline(list):
         from evonas.evolution.genome import Fitness
 
         self.fitness = Fitness()
+
+
+def _loss(m: dict) -> float:
+    """Validation loss of a result for ranking (inf unless ok with a finite loss)."""
+    v = m.get("valid_loss")
+    return float(v) if m.get("status") == "ok" and v is not None and math.isfinite(v) else math.inf
 
 
 def _written(ind: Any) -> str:

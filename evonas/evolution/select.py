@@ -23,8 +23,10 @@ def usable(ind: Any) -> bool:
     return ind.fitness.valid and all(math.isfinite(v) for v in ind.fitness.values)
 
 
-def set_fitness(ind: Any, loss: float | None, params: int | None) -> None:
-    """Set (loss, params) as fitness, or leave it invalid when the loss is missing or not finite."""
+def set_fitness(ind: Any, loss: float | None, params: int | None, rung: int = 0) -> None:
+    """Set (loss, params) as fitness, or leave it invalid when the loss is missing or not finite; `rung` is the
+    highest successive-halving rung the loss was measured at (a cell promoted further ranks above the rest)."""
+    ind.rung = int(rung)
     if ind.fitness.valid:
         del ind.fitness.values
     if loss is not None and math.isfinite(loss):
@@ -32,10 +34,11 @@ def set_fitness(ind: Any, loss: float | None, params: int | None) -> None:
 
 
 def rank_key(ind: Any) -> tuple:
-    """Sort key, best first: (loss, params, key); unusable individuals last."""
+    """Sort key, best first: (-rung, loss, params, key), so a cell that reached a higher rung ranks above every
+    cell that stopped lower; unusable individuals last."""
     if not usable(ind):
-        return (math.inf, math.inf, ind.key)
-    return (*ind.fitness.values, ind.key)
+        return (math.inf, math.inf, math.inf, ind.key)
+    return (-getattr(ind, "rung", 0), *ind.fitness.values, ind.key)
 
 
 def _unique(inds: list) -> list:

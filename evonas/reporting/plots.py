@@ -157,3 +157,27 @@ def curves_plot(curves: dict[str, list[list[float | None]]], title: str, budget:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)
+
+
+def rung_tau_plot(taus: dict[int, list[float | None]]) -> bytes:
+    """Proxy health: Kendall tau between consecutive rungs (over the promoted cells) per generation."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    gens = sorted(taus)
+    n = max((len(v) for v in taus.values()), default=0)
+    for k in range(n):
+        pts = [(g, taus[g][k]) for g in gens if k < len(taus[g]) and _finite(taus[g][k])]
+        if pts:
+            ax.plot([g for g, _ in pts], [t for _, t in pts], marker="o", label=f"rung {k} -> {k + 1}")
+    if n:
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.text(0.5, 0.5, "one rung: no rung-to-rung tau", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("Kendall tau")
+    ax.set_title("Does a low rung rank cells like the next one?")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig)

@@ -27,7 +27,7 @@ from typing import Any
 
 from evonas.cells import OPS, equations, node_count, op_counts, parse
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, EvonasError
-from evonas.store.archive import ARCHIVE_NAME, Archive
+from evonas.store.archive import ARCHIVE_NAME, Archive, fitness_rows
 
 REPORT_HTML = "report.html"
 REPORT_DIR = "report"
@@ -192,9 +192,9 @@ def best_so_far(rows: list[dict]) -> list[float | None]:
 
 
 def seed_losses(data: RunData) -> dict[str, float | None]:
-    """Each seed cell's validation loss (None when it failed or was never trained)."""
-    latest = {r["key"]: r for r in data.rows}
-    return {name: _ok_loss(latest[key]) if key in latest else None for name, key in data.seeds.items()}
+    """Each seed cell's validation loss at its highest rung (None when it failed or was never trained)."""
+    fit = {r["key"]: r for r in fitness_rows(data.rows)}
+    return {name: _ok_loss(fit[key]) if key in fit else None for name, key in data.seeds.items()}
 
 
 def prediction_pairs(data: RunData) -> dict[int, list[tuple[float, float]]]:
@@ -246,10 +246,36 @@ def failures(rows: list[dict]) -> list[tuple[str, int, str]]:
 
 
 def top_cells(rows: list[dict], k: int = TOP_K) -> list[dict]:
-    """The k best successful rows by validation loss (ties: fewer parameters, then cell text)."""
-    latest = {r["key"]: r for r in rows}
-    ok = [r for r in latest.values() if _ok_loss(r) is not None]
-    return sorted(ok, key=lambda r: (r["valid_loss"], r["params"], r["key"]))[:k]
+    """The k best cells by fitness: highest rung reached first, then validation loss, parameters, text."""
+    return [r for r in fitness_rows(rows) if _ok_loss(r) is not None][:k]
+
+
+def rung_taus(logbook: list[dict]) -> dict[int, list[float | None]]:
+    """Per generation: Kendall tau between consecutive rungs over the cells promoted (empty for one rung)."""
+    return {e["gen"]: list(e["rung_tau"]) for e in logbook if e.get("rung_tau")}
+
+
+def confirmation_html(run: Path) -> str:
+    """The confirmation table (RUN/confirm.json), or one line saying the run has not been confirmed."""
+    path = run / "confirm.json"
+    if not path.exists():
+        return (f'<p class="note">This run has not been confirmed: <code>evonas confirm {html.escape(str(run))}'
+                "</code> retrains its best and its seed cells with fresh paired seeds and says whether a found "
+                "cell beats the best seed cell.</p>")
+    s = _read_json(path)
+
+    def ms(m: Any, sd: Any) -> str:
+        return "–" if m is None else f"{m:.4f} ± {sd:.4f}"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(c['name'])}</td><td>{c.get('params') or '–'}</td><td>{c.get('hidden') or '–'}</td>"
+        f"<td>{ms(c.get('valid_mean'), c.get('valid_sd'))}</td><td>{ms(c.get('test_mean'), c.get('test_sd'))}</td>"
+        f"<td>{html.escape(c.get('verdict', ''))}</td><td><code>{html.escape(c['key'])}</code></td></tr>"
+        for c in s.get("cells", []))
+    return (f"<p>Seeds {html.escape(str(s.get('seeds')))}, equal parameters: "
+            f"{html.escape(str(s.get('match_params')))}, budget {html.escape(str(s.get('budget')))}.</p>"
+            "<table><tr><th>cell</th><th>params</th><th>hidden</th><th>valid (mean ± sd)</th>"
+            f"<th>test (mean ± sd)</th><th>verdict</th><th>cell text</th></tr>{rows}</table>")
 
 
 # ---------------------------------------------------------------- HTML
@@ -335,6 +361,7 @@ def render(data: RunData, out_dir: Path) -> str:
         "surrogate": plots.prediction_plot(pairs, tau),
         "operators": plots.operator_plot(freq),
         "failures": plots.failures_plot([(k, n) for k, n, _ in fails]),
+        "rungs": plots.rung_tau_plot(rung_taus(data.logbook)),
     }
     for name, png in pngs.items():
         plots.save_png(png, out_dir / f"{name}.png")
@@ -359,6 +386,8 @@ def render(data: RunData, out_dir: Path) -> str:
 <p>Generated {stamp}.</p>
 <table>{"".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)}</table>
 {note_html}
+<h2 id="confirmation">Confirmation: found cells against the seed cells</h2>
+{confirmation_html(data.dir)}
 <h2 id="best-so-far">Best validation loss vs trained cells</h2>
 <p>Step line: best validation loss among the cells trained so far, in the order results arrived. Dashed lines:
 each seed cell (hand-designed baseline) trained under the same budget.</p>
@@ -368,6 +397,10 @@ each seed cell (hand-designed baseline) trained under the same budget.</p>
 {_img(pngs["surrogate"], "surrogate prediction vs measurement and Kendall tau")}
 <table><tr><th>generation</th><th>Kendall tau (logged)</th><th>cells with a recorded prediction</th></tr>
 {tau_rows or '<tr><td colspan="3">no logbook</td></tr>'}</table>
+<h2 id="rungs">Proxy health: rung-to-rung Kendall tau</h2>
+<p>Over the cells promoted in each generation: how well a low rung's validation loss ranks them like the next
+rung's. Near 1: the short budget is a faithful proxy; near 0: promotion is close to chance.</p>
+{_img(pngs["rungs"], "Kendall tau between consecutive rungs per generation")}
 <h2 id="operators">Operator frequencies over generations</h2>
 {_img(pngs["operators"], "operator frequencies")}
 <h2 id="top-cells">Top {len(top)} cells</h2>

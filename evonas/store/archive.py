@@ -11,7 +11,10 @@ Contract:
 - Deduplication: (key, task, budget) is unique. `add` of a duplicate is ignored and returns False (so a
   resumed run can re-report an evaluation without duplicating it); a new row returns True.
 - `has(key)` / `get(key)` / `results()` look at the cell only (any budget): an archived cell, whatever its
-  status, is never trained again. With several rows for a key, the latest one wins.
+  status, is never trained again. With several rows for a key, the latest one wins. `get(key, budget)` looks up
+  one (cell, budget) pair: multi-fidelity runs store one row per rung (and per learning rate), each with its
+  own budget, and `metrics["rung"]` says which rung (0 for rows written before rungs existed).
+- A cell's fitness is its row at the highest rung it reached, best loss first (`fitness_rows`, `fitness_order`).
 - No pickle: everything stored is JSON text or plain SQL values.
 """
 
@@ -87,6 +90,30 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def rung(row: dict) -> int:
+    """The successive-halving rung of an archive row (0 for rows written before rungs existed)."""
+    return int(row["metrics"].get("rung", 0) or 0)
+
+
+def _order_loss(row: dict) -> float:
+    loss = row["valid_loss"]
+    return loss if row["status"] == "ok" and loss is not None else math.inf
+
+
+def fitness_order(row: dict) -> tuple:
+    """Sort key, best first: higher rung first, then lower validation loss, fewer parameters, key."""
+    return (-rung(row), _order_loss(row), row["params"], row["key"])
+
+
+def fitness_rows(rows: list[dict]) -> list[dict]:
+    """One row per cell: the one its fitness comes from (highest rung reached, best loss there), best first."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["key"] not in best or fitness_order(r) < fitness_order(best[r["key"]]):
+            best[r["key"]] = r
+    return sorted(best.values(), key=fitness_order)
+
+
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds")
 
@@ -142,7 +169,7 @@ class Archive:
 
     def add(self, job: Job, result: EvalResult, started_at: datetime | None = None) -> bool:
         """Record one evaluation and commit it; False (and nothing written) if it is already archived."""
-        metrics = json_safe(result.to_dict())
+        metrics = {**json_safe(result.to_dict()), "rung": int(job.rung)}
         finished = datetime.now(UTC)
         seconds = _finite(metrics.get("seconds")) or 0.0
         started = started_at or (finished - timedelta(seconds=seconds))
@@ -165,13 +192,24 @@ class Archive:
         """Whether the cell (canonical text) has been evaluated, whatever the status."""
         return self._db.execute("SELECT 1 FROM evaluations WHERE key=? LIMIT 1", (key,)).fetchone() is not None
 
-    def get(self, key: str) -> dict | None:
-        """The latest row for a cell as a dict (metrics/budget parsed), or None."""
-        cur = self._db.execute(
-            f"SELECT {','.join(COLUMNS)} FROM evaluations WHERE key=? ORDER BY id DESC LIMIT 1", (key,)
-        )
+    def get(self, key: str, budget: dict | None = None) -> dict | None:
+        """The latest row for a cell (for this exact budget when given) as a dict (metrics/budget parsed), or None."""
+        if budget is None:
+            cur = self._db.execute(
+                f"SELECT {','.join(COLUMNS)} FROM evaluations WHERE key=? ORDER BY id DESC LIMIT 1", (key,))
+        else:
+            cur = self._db.execute(f"SELECT {','.join(COLUMNS)} FROM evaluations WHERE key=? AND budget=? "
+                                   "ORDER BY id DESC LIMIT 1", (key, budget_json(budget)))
         row = cur.fetchone()
         return self._row(row) if row else None
+
+    def find(self, key: str, rung_: int = 0, lr: float | None = None) -> dict | None:
+        """The latest row of a cell at a rung (and learning rate, when given): how a search looks up a result it
+        already has. Other budget fields (device, threads, ...) do not matter, so a resumed run with another
+        device still finds its results."""
+        rows = [self._row(r) for r in self._db.execute(
+            f"SELECT {','.join(COLUMNS)} FROM evaluations WHERE key=? ORDER BY id DESC", (key,))]
+        return next((r for r in rows if rung(r) == rung_ and (lr is None or r["budget"].get("lr") == lr)), None)
 
     def rows(self) -> list[dict]:
         """All rows in insertion order, as dicts with metrics and budget parsed from JSON."""
@@ -204,10 +242,17 @@ class Archive:
     def to_records(self) -> list[dict]:
         """Training data for the surrogate: dicts with cell (canonical), score (valid_loss or None), status.
 
-        A score is None only for a status other than ok: an "ok" row without a finite loss counts as diverged.
+        One record per cell, from its lowest rung (the budget every cell of a multi-fidelity run was trained at,
+        so scores are comparable; at several learning rates, the best of them). A score is None only for a
+        status other than ok: an "ok" row without a finite loss counts as diverged.
         """
         out = []
+        first: dict[str, dict] = {}
         for r in self:
+            k = r["key"]
+            if k not in first or (rung(r), _order_loss(r)) < (rung(first[k]), _order_loss(first[k])):
+                first[k] = r
+        for r in sorted(first.values(), key=lambda r: r["id"]):
             status = r["status"]
             if status == "ok" and r["valid_loss"] is None:
                 status = "diverged"

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import yaml
 
-from evonas.store.archive import json_safe
+from evonas.store.archive import fitness_rows, json_safe, rung
 
 LOGBOOK = "logbook.jsonl"
 BEST_CELLS = "best_cells.json"
@@ -44,20 +44,26 @@ def write_config(run_dir: Path, config: dict) -> None:
 
 
 def best_cells(rows: list[dict], k: int, seeds: dict[str, str]) -> dict[str, Any]:
-    """The k best trained cells of an archive (by validation loss) and every seed baseline, with metrics."""
+    """The k best trained cells of an archive and every seed baseline, with metrics.
+
+    A cell is ranked by its fitness row (`fitness_rows`): a cell that reached a higher rung ranks above every
+    cell that stopped lower, then by validation loss there.
+    """
     names = {key: name for name, key in seeds.items()}
 
     def entry(r: dict) -> dict:
-        m = r["metrics"]
+        m, b = r["metrics"], r["budget"]
         return {"cell": r["key"], "written": r["cell"], "seed": names.get(r["key"]), "status": r["status"],
                 "valid_loss": r["valid_loss"], "valid_ppl": m.get("valid_ppl"), "test_loss": m.get("test_loss"),
-                "params": r["params"], "seconds": r["seconds"], "generation": r["generation"]}
+                "params": r["params"], "seconds": r["seconds"], "generation": r["generation"], "rung": rung(r),
+                "budget": {k: b.get(k) for k in ("steps", "epochs") if b.get(k) is not None}, "lr": b.get("lr"),
+                "hidden": b.get("hidden")}
 
-    ok = sorted((r for r in rows if r["status"] == "ok" and r["valid_loss"] is not None),
-                key=lambda r: (r["valid_loss"], r["params"], r["key"]))
-    latest = {r["key"]: r for r in rows}
+    fit = fitness_rows(rows)
+    ok = [r for r in fit if r["status"] == "ok" and r["valid_loss"] is not None]
+    by_key = {r["key"]: r for r in fit}
     return {"best": [entry(r) for r in ok[:k]],
-            "baselines": [{**entry(latest[key]), "seed": name} for name, key in seeds.items() if key in latest]}
+            "baselines": [{**entry(by_key[key]), "seed": name} for name, key in seeds.items() if key in by_key]}
 
 
 def write_best_cells(run_dir: Path, data: dict) -> None:

@@ -9,10 +9,12 @@ DataError before any training. Same seed + epoch/step budget on CPU => the same 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,11 +97,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = None) -> EvalResult:
+def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = None,
+             state_in: str | Path | None = None, state_out: str | Path | None = None) -> EvalResult:
     """Train `cell` under `config` and return its metrics; never raises for cell or training problems.
 
     `progress`, if given, is called with a dict (epoch, step, train_loss, valid_loss, elapsed) after each
     validation. ConfigError (bad settings, CUDA absent) and DataError (bad data) are raised before training.
+    Multi-fidelity: `state_in` continues a run saved by an earlier call's `state_out` (model, optimizer, step
+    and epoch counters, RNG states, best weights) up to this config's larger budget, so a promoted cell pays
+    only the extra steps; `state_out` saves the state at the end (atomically, a torch file of tensors and plain
+    values, read back with `weights_only=True`).
     """
     t0 = time.perf_counter()
     if isinstance(config, dict):
@@ -127,7 +134,9 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
     result = EvalResult(cell=label, status="ok", params=count_params(model))
     loop: _Loop | None = None
     try:
-        loop = _Loop(model, task, config, s, device, result, progress)
+        loop = _Loop(model, task, config, s, device, result, progress, state_out)
+        if state_in is not None:
+            loop.load(state_in)
         loop.run()
     except Diverged as e:
         result.status, result.reason = "diverged", str(e)
@@ -153,9 +162,11 @@ class _Loop:
     """One training run: optimizer steps, validation, early stopping, divergence checks, budget."""
 
     def __init__(self, model: CellModel, task: Task, cfg: TrainConfig, s: Settings, device: torch.device,
-                 result: EvalResult, progress: Progress | None):
+                 result: EvalResult, progress: Progress | None, state_out: str | Path | None = None):
         self.model, self.task, self.cfg, self.s, self.device = model, task, cfg, s, device
-        self.result, self.progress = result, progress
+        self.result, self.progress, self.state_out = result, progress, state_out
+        self.skip = 0  # batches of the current epoch already trained before a continuation
+        self.carried: Any = None  # recurrent state carried between batches (token streams)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if s.optimizer == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay)
@@ -172,6 +183,43 @@ class _Loop:
         self.train_loss = math.nan
         self.clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
         self.start = self.clock()
+        self.epoch_rng = self.rng.bit_generator.state
+
+    # ------------------------------------------------------------ continuation (multi-fidelity rungs)
+
+    def save(self, path: str | Path) -> None:
+        """Write everything a continuation needs (before the best weights are restored), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "best": self.best_state, "carried": detach_state(self.carried),
+                 "torch_rng": torch.get_rng_state(),
+                 "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                              "best": self.best, "bad_evals": self.bad_evals, "train_loss": self.train_loss,
+                              "loss_ceiling": self.s.loss_ceiling, "epoch_rng": self.epoch_rng}}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        """Continue from a state written by `save` (ValueError when the file is missing or not such a state)."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            c = state["counters"]
+        except (OSError, RuntimeError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot continue from {path}: {type(e).__name__}: {e}") from None
+        self.best_state, self.carried = state["best"], state["carried"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step, self.epoch, self.skip = int(c["step"]), int(c["epoch"]), int(c["batch_in_epoch"])
+        self.best, self.bad_evals, self.train_loss = float(c["best"]), int(c["bad_evals"]), float(c["train_loss"])
+        self.s.loss_ceiling = float(c["loss_ceiling"])
+        self.epoch_rng = c["epoch_rng"]
+        self.rng.bit_generator.state = self.epoch_rng  # replay the current epoch's order, skipping what was done
+        if math.isfinite(self.best):
+            self.result.valid_loss = self.best
+            self.result.valid_ppl = _ppl(self.best) if self.task.report_ppl else None
 
     def epochs_done(self) -> float:
         """Epochs completed, with the current one as a fraction."""
@@ -189,15 +237,21 @@ class _Loop:
 
     def run(self) -> None:
         """Train until the budget is spent or validation stops improving; then validate (and test)."""
-        validated_at = -1
+        validated_at = self.step if self.skip or self.step else -1
         stop = self.out_of_budget()
         while not stop:
-            state = None
+            state, self.carried = self.carried, None
             self.batch_in_epoch = 0
+            self.epoch_rng = self.rng.bit_generator.state
             for batch in self.task.batches("train", self.s.batch_size, self.s.bptt, self.rng):
+                if self.skip:  # a continuation: these batches were trained before the state was saved
+                    self.skip -= 1
+                    self.batch_in_epoch += 1
+                    continue
                 if batch.reset or not self.task.carry:
                     state = None
                 state = self.train_step(batch.to(self.device), state)
+                self.carried = state
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     validated_at = self.step
                     if self.validate():
@@ -279,7 +333,9 @@ class _Loop:
         return self.cfg.patience is not None and self.bad_evals >= self.cfg.patience
 
     def finish(self) -> None:
-        """Restore the best weights and measure the test split when asked."""
+        """Save the training state (when asked), restore the best weights, measure the test split when asked."""
+        if self.state_out is not None:
+            self.save(self.state_out)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         if self.cfg.test:
