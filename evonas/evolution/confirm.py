@@ -108,7 +108,7 @@ def plan(run: Path, settings: ConfirmSettings) -> tuple[list[dict], dict]:
 def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evaluator: Evaluator | None = None,
             out: IO[str] | None = None) -> dict:
     """Retrain, compare and write the confirmation of a finished run; returns what confirm.json holds."""
-    from evonas.evolution.loop import make_evaluator
+    from evonas.evaluation.factory import make_evaluator
 
     run = Path(run_dir)
     settings = settings or ConfirmSettings()
