@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +313,18 @@ def _load_weights(path: Path, module: torch.nn.Module) -> None:
         raise CheckpointError(f"{path}: does not fit the cell: {' '.join(str(e).split())[:300]}") from None
 
 
+def evonas_version() -> str:
+    """The installed evonas version (read from the package metadata: this layer may not import the facade)."""
+    try:
+        return metadata.version("evonas")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def export_cell(cell: Node, out: str | Path, input_size: int, hidden_size: int, *, written: str | None = None,
                 title: str = "cell", source: dict[str, Any] | None = None, op_set: Any = None,
                 weights: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Write genotype.json, cell.py (and weights.pt, a copy of `weights`) into `out`; return the genotype."""
-    from evonas import __version__
-
     out = Path(out)
     module = compile_cell(cell, input_size, hidden_size)  # CellError for a cell that does not fit the sizes
     if weights is not None:
@@ -343,13 +350,13 @@ def export_cell(cell: Node, out: str | Path, input_size: int, hidden_size: int, 
         "has_memory": module.has_memory,
         "parameters": sum(p.numel() for p in module.parameters()),
         "equations": equations(node),
-        "evonas_version": __version__,
+        "evonas_version": evonas_version(),
         "source": source or {},
         "files": {"cell.py": "standalone PyTorch module (imports only torch)",
                   **({"weights.pt": "state dict of the trained cell (load_state_dict into cell.RNN)"}
                      if weights is not None else {})},
     }
-    _write(out / "cell.py", cell_source(node, input_size, hidden_size, title, __version__).encode("utf-8"))
+    _write(out / "cell.py", cell_source(node, input_size, hidden_size, title, evonas_version()).encode("utf-8"))
     _write(out / "genotype.json", (json.dumps(genotype, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     if weights is not None:
         tmp = out / "weights.pt.tmp"
