@@ -218,3 +218,16 @@ def test_cell_py_runs_without_evonas(tmp_path: Path, name: str) -> None:
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch.Size([2, 1, 8]) None ['evonas']", done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ruff") is None, reason="ruff (a dev dependency) is not installed")
+def test_generated_code_is_lint_clean(tmp_path: Path) -> None:
+    """Readable code: no unused imports or names, sorted imports, for cells using every helper."""
+    texts = ["lstm", "Tanh(Add(MM(PosEnc(x_prev)),Div(MM(h_prev),LeakyReLU(Diag(LayerNorm(h_prev))))))",
+             "SELU(Add(x,h_prev))"]
+    for i, text in enumerate(texts):
+        cell = resolve(text, 4, 4)
+        (tmp_path / f"cell{i}.py").write_text(cell_source(cell, 4, 4), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--line-length", "200", "--select",
+                           "E,F,W,I,B,UP", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

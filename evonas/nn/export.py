@@ -29,14 +29,15 @@ FILES = ("genotype.json", "cell.py", "weights.pt")
 _PARAM_OPS = ("MM", "Diag", "LayerNorm")
 _CALLS = {"Sigmoid": "torch.sigmoid", "Tanh": "torch.tanh", "ReLU": "torch.relu", "Sin": "torch.sin",
           "Cos": "torch.cos", "SELU": "F.selu"}
+SIZE_ARGS = {"inp": "input_size", "hid": "hidden_size"}
 _INFIX = {"Add": "+", "Mult": "*", "Sub": "-"}
 
 
 def _size_class(node: Node) -> str:
-    """`I` when the node's value has the input size, else `H` (the compiler's size rule, symbolically)."""
+    """`inp` when the node's value has the input size, else `hid` (the compiler's size rule, symbolically)."""
     if node.is_source:
-        return "I" if node.op in INPUT_SOURCES else "H"
-    return "H" if node.op == "MM" else _size_class(node.children[0])
+        return "inp" if node.op in INPUT_SOURCES else "hid"
+    return "hid" if node.op == "MM" else _size_class(node.children[0])
 
 
 def step_lines(cell: Node) -> tuple[list[str], list[str]]:
@@ -48,6 +49,7 @@ def step_lines(cell: Node) -> tuple[list[str], list[str]]:
     cell = canonical(cell)
     lines: list[str] = []
     params: dict[str, list[str]] = {op: [] for op in _PARAM_OPS}
+    used: set[str] = set()
     auto = iter(range(1, 1 << 30))
 
     def visit(n: Node, name: str | None = None) -> str:
@@ -62,7 +64,8 @@ def step_lines(cell: Node) -> tuple[list[str], list[str]]:
         if n.op in params:  # numbered on entry: pre-order, the order of compile_cell's parameter lists
             k = len(params[n.op])
             size = _size_class(n.children[0])
-            params[n.op].append({"MM": f"nn.Linear({size}, H)", "Diag": f"_diag_vector({size})",
+            used.update({size} if n.op != "MM" else {size, "hid"})
+            params[n.op].append({"MM": f"nn.Linear({size}, hid)", "Diag": f"_diag_vector({size})",
                                  "LayerNorm": f"nn.LayerNorm({size})"}[n.op])
         args = [visit(c) for c in n.children]
         if n.op == "MM":
@@ -93,7 +96,8 @@ def step_lines(cell: Node) -> tuple[list[str], list[str]]:
     out = visit(cell, "h")
     if out != "h":
         lines.append(f"h = {out}")
-    decl: list[str] = []
+    names = [n for n in ("inp", "hid") if n in used]  # only the size names the constructors below read
+    decl = [f"{', '.join(names)} = {', '.join(SIZE_ARGS[n] for n in names)}"] if names else []
     lists = (("mm", "MM", "nn.ModuleList", "W{0}, b{0}"), ("diag", "Diag", "nn.ParameterList", "w{0}"),
              ("layernorm", "LayerNorm", "nn.ModuleList", "LN{0}"))
     for attr, op, kind, label in lists:
@@ -189,7 +193,6 @@ class _CellBase(nn.Module):
             raise ValueError(f"this cell needs input_size == hidden_size, got {{input_size}} and {{hidden_size}}")
         self.input_size = input_size
         self.hidden_size = hidden_size
-        I, H = input_size, hidden_size  # noqa: E741, N806
         {decl}
 
     def step(self, x: Tensor, h_prev: Tensor, c_prev: Tensor | None, x_prev: Tensor,
