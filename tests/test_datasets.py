@@ -169,6 +169,9 @@ def test_unreachable_and_unsupported_urls(registry: Path, tmp_path: Path) -> Non
         datasets.fetch("tiny", url=(tmp_path / "missing.json").as_uri())
     with pytest.raises(DataError, match="only http, https, file"):
         datasets.fetch("tiny", url="ftp://127.0.0.1/x")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match="cannot use as the data cache"):
+        datasets.fetch("tiny", root=tmp_path / "a_file")
     assert cache_is_empty(registry)
 
 

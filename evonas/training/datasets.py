@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -290,11 +291,12 @@ def fetch(name: str, root: Path | None = None, url: str | None = None, sha256: s
         raise DataError(f"{name}: no verified checksum is known for {url or ds.url}; pass --sha256 HEX if you know "
                         "it, or --no-verify to cache it unverified (its sha256 is then recorded and shown)")
     source = url or ds.url
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the cached folder gets the usual permissions
+    work = root / f".{name}.{secrets.token_hex(4)}.partial"  # os.mkdir honours the umask (mkdtemp makes it 0700)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work.mkdir()
+    except OSError as e:
+        raise DataError(f"{root}: cannot use as the data cache ({e.strerror})") from None
     try:
         with open(work / ".download", "wb") as dest:
             got = download(source, dest, progress)
@@ -329,6 +331,8 @@ def fetch(name: str, root: Path | None = None, url: str | None = None, sha256: s
         else:
             os.replace(work, final)
         return data
+    except OSError as e:  # writing the cache (disk full, permissions); download errors are DataErrors already
+        raise DataError(f"{root}: cannot write the data cache ({type(e).__name__}: {e})") from None
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
