@@ -283,6 +283,7 @@ def cell_source(cell: Node, input_size: int, hidden_size: int, title: str = "cel
     eqs = "\n".join(f"    {line}" for line in equations(cell))
     if not title.replace("_", "").isalnum():  # a library name or "cell"; never free user text
         title = "cell"
+    version = "".join(ch for ch in version if ch.isalnum() or ch in ".+-")  # package metadata, kept to its charset
     size_note = ("Input and hidden size must be equal: the cell uses x where a hidden-size value goes.\n"
                  if needs_same_size(cell) else "")
     source = _TEMPLATE.format(
@@ -337,7 +338,6 @@ def export_cell(cell: Node, out: str | Path, input_size: int, hidden_size: int, 
     existing = [f for f in FILES if (out / f).exists()]
     if existing and not force:
         raise EvonasError(f"{out} already holds {', '.join(existing)} (use --force to replace an export)")
-    out.mkdir(parents=True, exist_ok=True)
     node = module.cell
     ops = sorted({n.op for n in preorder(node) if not n.is_source})
     genotype = {
@@ -359,14 +359,19 @@ def export_cell(cell: Node, out: str | Path, input_size: int, hidden_size: int, 
                   **({"weights.pt": "state dict of the trained cell (load_state_dict into cell.RNN)"}
                      if weights is not None else {})},
     }
-    _write(out / "cell.py", cell_source(node, input_size, hidden_size, title, evonas_version()).encode("utf-8"))
-    _write(out / "genotype.json", (json.dumps(genotype, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    if weights is not None:
-        tmp = out / "weights.pt.tmp"
-        shutil.copyfile(weights, tmp)
-        os.replace(tmp, out / "weights.pt")
-    elif (out / "weights.pt").exists():  # --force over an export with weights: they belong to another cell
-        (out / "weights.pt").unlink()
+    code = cell_source(node, input_size, hidden_size, title, evonas_version())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / "cell.py", code.encode("utf-8"))
+        _write(out / "genotype.json", (json.dumps(genotype, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+        if weights is not None:
+            tmp = out / "weights.pt.tmp"
+            shutil.copyfile(weights, tmp)
+            os.replace(tmp, out / "weights.pt")
+        elif (out / "weights.pt").exists():  # --force over an export with weights: they belong to another cell
+            (out / "weights.pt").unlink()
+    except OSError as e:
+        raise EvonasError(f"{out}: cannot write the export ({e.strerror or e})") from None
     return genotype
 
 
