@@ -35,7 +35,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     """Each command (group) lives in its own module of evonas.cli."""
-    from evonas.cli import archive, cells, confirm, evolve, report, surrogate, train
+    from evonas.cli import archive, cells, confirm, data, evolve, export, report, surrogate, train
 
     cli.add_command(cells.cells)
     cli.add_command(train.train)
@@ -45,6 +45,8 @@ def _register() -> None:
     cli.add_command(surrogate.surrogate)
     cli.add_command(report.report)
     cli.add_command(confirm.confirm)
+    cli.add_command(export.export)
+    cli.add_command(data.data)
 
 
 _register()

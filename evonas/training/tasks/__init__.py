@@ -1,6 +1,7 @@
 """Tasks: turn a cell into metrics by training a model around it (synthetic, text, music).
 
-`get_task(name, data, level)` is the registry: it loads (and caches per process) the task's data.
+`get_task(name, data, level)` is the registry: it loads (and caches per process) the task's data. `data` is a
+path, or the name of a known data set (`evonas.training.datasets`: jsb, ptb, ...) fetched into the cache.
 The interface every task implements is `evonas.training.tasks.base.Task` (its contract is written there).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from evonas.errors import ConfigError, DataError
+from evonas.training import datasets
 
 if TYPE_CHECKING:
     from evonas.training.tasks.base import Task
@@ -27,13 +29,13 @@ def get_task(name: str, data: str | None = None, level: str = "word") -> Task:
 
         if data is None:
             raise DataError("the text task needs a data path (a folder with train/valid/test text files)")
-        return text.load(data, level)
+        return text.load(datasets.resolve(name, data), level)
     if name == "music":
         from evonas.training.tasks import music
 
         if data is None:
             raise DataError("the music task needs a data path (a JSON or pickle file with train/valid/test)")
-        return music.load(data)
+        return music.load(datasets.resolve(name, data))
     raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
 
 
