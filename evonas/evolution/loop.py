@@ -30,6 +30,7 @@ from evonas.store.archive import Archive, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.store.runlog import (
     CONFIG_COPY,
+    WORKERS_LOG,
     append_logbook,
     best_cells,
     rewrite_logbook,
@@ -48,8 +49,8 @@ def resolve_seed(name: str) -> tuple[str, Node]:
         raise ConfigError(f"seed_cells: {name!r}: {e}") from None
 
 
-def make_evaluator(cfg: RunConfig) -> Evaluator:
-    """The evaluator named by the config (local processes or Ray)."""
+def make_evaluator(cfg: RunConfig, log: Path | None = None) -> Evaluator:
+    """The evaluator named by the config (local processes or Ray); local workers write their output to `log`."""
     if cfg.backend == "ray":
         from evonas.evaluation.ray_backend import RayEvaluator
 
@@ -69,7 +70,7 @@ def make_evaluator(cfg: RunConfig) -> Evaluator:
         elif cfg.device == "cuda":
             devices = ["cuda"]  # no GPU visible: each evaluation fails with the training code's message
     return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices,
-                          threads=cfg.train.get("threads"))
+                          threads=cfg.train.get("threads"), log=log)
 
 
 class Search:
@@ -164,7 +165,7 @@ class Search:
     def evaluator(self) -> Evaluator:
         """The evaluator (created from the config on first use when none was given)."""
         if self._evaluator is None:
-            self._evaluator = make_evaluator(self.cfg)
+            self._evaluator = make_evaluator(self.cfg, self.dir / WORKERS_LOG)
         return self._evaluator
 
     def total_evaluations(self) -> int:

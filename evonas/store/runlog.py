@@ -15,6 +15,7 @@ from evonas.store.archive import json_safe
 LOGBOOK = "logbook.jsonl"
 BEST_CELLS = "best_cells.json"
 CONFIG_COPY = "config.yaml"
+WORKERS_LOG = "workers.log"  # what the local worker processes print
 
 
 def append_logbook(run_dir: Path, entry: dict, stdout: IO[str] | None = None) -> None:
