@@ -232,6 +232,7 @@ class Search:
         write_best_cells(self.dir, best_cells(self.archive.rows(), self.cfg.best_k, self.seeds))
         save_checkpoint(self.dir, json_safe(self._state()))
         append_logbook(self.dir, entry, self.stdout)
+        self.progress.summary(entry)
 
     def _initial(self, seen: set[str]) -> list:
         """Generation 0: the seed cells (any operator set, any size) and a random population under the filters."""
