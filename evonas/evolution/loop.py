@@ -26,6 +26,7 @@ from evonas.evolution.operators import breed
 from evonas.evolution.progress import Progress
 from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
 from evonas.evolution.toolbox import make_toolbox
+from evonas.reporting.optuna_study import export_study
 from evonas.store.archive import Archive, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.store.runlog import (
@@ -233,6 +234,11 @@ class Search:
         save_checkpoint(self.dir, json_safe(self._state()))
         append_logbook(self.dir, entry, self.stdout)
         self.progress.summary(entry)
+        if self.cfg.optuna:  # the run as an Optuna study (optuna-dashboard), brought up to date
+            try:
+                export_study(self.dir, self.dir / self.cfg.optuna, fresh=False)
+            except EvonasError as e:  # a dashboard file that cannot be written never stops the search
+                self.progress.note(f"warning: Optuna study not updated: {e}")
 
     def _initial(self, seen: set[str]) -> list:
         """Generation 0: the seed cells (any operator set, any size) and a random population under the filters."""
