@@ -186,6 +186,10 @@ def test_bad_targets_are_one_line_errors(tmp_path):
     res = to_optuna(run, foreign)
     assert res.exit_code == 2 and "not an Optuna study file" in res.output
     assert foreign.read_bytes() == before
+    notes = tmp_path / "notes.log"
+    notes.write_text("my own notes")  # no newline at the end: a journal backend would append to the line
+    res = to_optuna(run, notes)
+    assert res.exit_code == 2 and "not an Optuna study file" in res.output and notes.read_text() == "my own notes"
     res = to_optuna(tmp_path / "nothing", tmp_path / "s.log")
     assert res.exit_code == 2 and "nothing" in res.output
     with pytest.raises(ConfigError, match="study.csv"):

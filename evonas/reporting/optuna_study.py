@@ -20,6 +20,7 @@ Screened-out candidates are not in the study: the run records only the cells it 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sqlite3
 import warnings
@@ -197,19 +198,31 @@ def _close(storage: Any) -> None:
 
 
 def _refuse_foreign(path: Path) -> None:
-    """ConfigError when `path` is an SQLite file of another program (Optuna would add its tables to it)."""
-    if path.suffix.lower() not in SQLITE_SUFFIXES or not path.exists() or path.stat().st_size == 0:
-        return
+    """ConfigError when `path` exists but is not an Optuna study file (Optuna would write into it)."""
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            db.close()
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        if path.suffix.lower() in JOURNAL_SUFFIXES:
+            with open(path, "rb") as f:
+                first = f.readline(1 << 20)
+            try:
+                entry = json.loads(first)
+                ours = first.endswith(b"\n") and isinstance(entry, dict) and "op_code" in entry
+            except ValueError:
+                ours = False
+        else:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                db.close()
+            ours = not tables or "studies" in tables
     except sqlite3.DatabaseError:
-        tables = {"?"}
-    if tables and "studies" not in tables:
-        raise ConfigError(f"{path} is not an Optuna study file (another database?); choose another file name")
+        ours = False
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not ours:
+        raise ConfigError(f"{path} is not an Optuna study file; not overwritten (choose another file name)")
 
 
 def _rewrite(storage: Any, name: str, specs: list[TrialSpec], directions: list[str], run: Path) -> None:
