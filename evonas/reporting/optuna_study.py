@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evonas import defaults
 from evonas.cells import height, node_count, op_counts, op_set, parse
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError
 
@@ -137,15 +138,17 @@ def trial_specs(rows: list[dict], seeds: dict[str, str], predictions: dict[str, 
     return out
 
 
-def _upper(n: int) -> int:
-    """A range bound that moves rarely (8, or the next power of two), so an updated study keeps its distributions."""
-    return max(8, 1 << max(0, int(n) - 1).bit_length())
+def _upper(n: int, floor: int) -> int:
+    """A range bound that moves rarely (`floor`, or the next power of two), so an updated study keeps its
+    distributions and the search can append to it."""
+    return floor if n <= floor else 1 << (int(n) - 1).bit_length()
 
 
 # ---------------------------------------------------------------- writing with Optuna
 
 
-def _distributions(specs: list[TrialSpec]) -> dict[str, Any]:
+def _distributions(specs: list[TrialSpec], floor: int) -> dict[str, Any]:
+    """One distribution per parameter for all trials: counts in [0, floor], or larger when a cell needs it."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     names = specs[0].params if specs else {}
@@ -154,7 +157,7 @@ def _distributions(specs: list[TrialSpec]) -> dict[str, Any]:
         if isinstance(v, bool):
             dists[name] = CategoricalDistribution([False, True])
         else:
-            dists[name] = IntDistribution(0, _upper(max(s.params[name] for s in specs)))
+            dists[name] = IntDistribution(0, _upper(max(s.params[name] for s in specs), floor))
     return dists
 
 
@@ -225,7 +228,8 @@ def _refuse_foreign(path: Path) -> None:
         raise ConfigError(f"{path} is not an Optuna study file; not overwritten (choose another file name)")
 
 
-def _rewrite(storage: Any, name: str, specs: list[TrialSpec], directions: list[str], run: Path) -> None:
+def _rewrite(storage: Any, name: str, specs: list[TrialSpec], directions: list[str], run: Path,
+             floor: int) -> None:
     """Delete the study `name` (when there is one) and write it again; other studies in the file stay."""
     import optuna
     from optuna.exceptions import ExperimentalWarning
@@ -237,11 +241,11 @@ def _rewrite(storage: Any, name: str, specs: list[TrialSpec], directions: list[s
         warnings.simplefilter("ignore", ExperimentalWarning)
         study.set_metric_names(list(OBJECTIVES[:len(directions)]))
     study.set_user_attr("evonas_run", str(run.resolve()))
-    dists = _distributions(specs)
+    dists = _distributions(specs, floor)
     study.add_trials([_frozen(s, dists) for s in specs])
 
 
-def _append(storage: Any, name: str, specs: list[TrialSpec], directions: list[str]) -> bool:
+def _append(storage: Any, name: str, specs: list[TrialSpec], directions: list[str], floor: int) -> bool:
     """Add the trials the study lacks when it holds the start of `specs`; False when it must be rewritten."""
     import optuna
 
@@ -251,7 +255,7 @@ def _append(storage: Any, name: str, specs: list[TrialSpec], directions: list[st
     if [d.name.lower() for d in study.directions] != directions:
         return False
     have = study.get_trials(deepcopy=False)
-    dists = _distributions(specs)
+    dists = _distributions(specs, floor)
     want = [_frozen(s, dists) for s in specs]
     if len(have) > len(want) or any(signature(h) != signature(w) for h, w in zip(have, want, strict=False)):
         return False
@@ -282,6 +286,10 @@ def export_study(run_dir: str | Path, path: str | Path, study_name: str | None =
         ops = frozenset()
     specs = trial_specs(data.rows, data.seeds, data.predictions, multi, ops)
     directions = ["minimize"] * (2 if multi else 1)
+    filters = data.config.get("filters")
+    max_nodes = {**defaults.SEARCH_FILTERS, **(filters if isinstance(filters, dict) else {})}.get("max_nodes")
+    # Every count of a cell within the run's node limit (nodes, height, each operator) is at most that limit.
+    floor = max_nodes if isinstance(max_nodes, int) and not isinstance(max_nodes, bool) and max_nodes > 0 else 8
     name = study_name or run.resolve().name
     _refuse_foreign(path)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines on the terminal
@@ -289,8 +297,8 @@ def export_study(run_dir: str | Path, path: str | Path, study_name: str | None =
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = open_storage(path)
         try:
-            if fresh or not _append(storage, name, specs, directions):
-                _rewrite(storage, name, specs, directions, run)
+            if fresh or not _append(storage, name, specs, directions, floor):
+                _rewrite(storage, name, specs, directions, run, floor)
         finally:
             _close(storage)
     except (OSError, ValueError, optuna.exceptions.OptunaError, sqlalchemy.exc.SQLAlchemyError) as e:
