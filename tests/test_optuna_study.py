@@ -208,13 +208,12 @@ def _get(port: int, path: str) -> dict:
 
 
 @pytest.mark.timeout(120)
-def test_optuna_dashboard_serves_the_file(tmp_path):
+def test_optuna_dashboard_serves_the_file_and_follows_the_search(tmp_path):
     run = tmp_path / "dash"
-    run_search(run, generations=1)
-    assert to_optuna(run, tmp_path / "study.log").exit_code == 0
+    run_search(run, generations=0, optuna="study.log")
     port = _free_port()
     exe = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(port), str(tmp_path / "study.log")],
+    proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(port), str(run / "study.log")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -228,9 +227,15 @@ def test_optuna_dashboard_serves_the_file(tmp_path):
                 time.sleep(0.3)
         assert [s["study_name"] for s in studies] == ["dash"]
         detail = _get(port, f"/api/studies/{studies[0]['study_id']}")
-        assert len(detail["trials"]) == len(archive_rows(run))
+        assert len(detail["trials"]) == len(archive_rows(run)) == 8
         space = {p["name"] for p in detail["intersection_search_space"]}
         assert {"nodes", "height", "memory", "seed", "n_MM"} <= space  # parallel coordinates, importance
+        # The search goes on (one more generation): the running dashboard shows its cells too.
+        Search.resume(run, evaluator=Inline(timeouts=True), screen=SizeScreen(), budget=BUDGET,
+                      overrides={"generations": 1}, stdout=io.StringIO(), stderr=io.StringIO()).run()
+        time.sleep(2.5)  # optuna-dashboard caches a study's trials for 2 s
+        detail = _get(port, f"/api/studies/{studies[0]['study_id']}")
+        assert len(detail["trials"]) == len(archive_rows(run)) == 12
     finally:
         proc.terminate()
         proc.wait(10)
