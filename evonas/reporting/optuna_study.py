@@ -109,7 +109,7 @@ def trial_specs(rows: list[dict], seeds: dict[str, str], predictions: dict[str, 
         by_key.setdefault(r["key"], []).append(r)
     top = max((row_budget(r) for r in rows), default=0)
     seed_names = {cell: name for name, cell in seeds.items()}
-    ops = sorted({f"n_{op}" for op in ops} | {k for key in by_key for k in cell_features(key) if k.startswith("n_")})
+    counted = sorted({f"n_{op}" for op in ops} | {k for key in by_key for k in cell_features(key) if k[:2] == "n_"})
     out = []
     for key, krows in by_key.items():
         final = max(krows, key=lambda r: (row_budget(r), r["id"]))
@@ -122,7 +122,7 @@ def trial_specs(rows: list[dict], seeds: dict[str, str], predictions: dict[str, 
         feats = cell_features(key)
         params = {"nodes": feats.get("nodes", 0), "height": feats.get("height", 0),
                   "memory": feats.get("memory", False), "seed": key in seed_names,
-                  **{op: feats.get(op, 0) for op in ops}}
+                  **{name: feats.get(name, 0) for name in counted}}
         attrs = {"cell": key, "written": final["cell"], "generation": krows[0]["generation"],
                  "status": final["status"] if loss is not None or final["status"] != "ok" else "diverged",
                  "params": final["params"], "seconds": round(sum(r["seconds"] for r in krows), 3),
