@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade "pip>=23.2" >/dev/null
-	$(BIN)/python -m pip install -e ".[dev,ray]"
+	$(BIN)/python -m pip install -e ".[dev,ray,dashboard]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -97,3 +97,16 @@ def show(run: str, top: int, sort: str, full: bool) -> None:
         click.echo(f"{i:>3}  {loss:>10}  {ppl:>9}  {r['params']:>8}  {r['generation']:>3}  {rung(r):>4}  "
                    f"{r['status']:<8}  "
                    f"{cell}{tag}")
+
+
+@archive.command("to-optuna")
+@click.argument("run", type=click.Path())
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--study", "study_name", default=None, help="Study name (default: the run folder's name).")
+def to_optuna(run: str, file: str, study_name: str | None) -> None:
+    """Write RUN as an Optuna study in FILE (.log/.journal: journal file; .db/.sqlite3: SQLite), for
+    `optuna-dashboard FILE`: one trial per cell, its features as parameters. Needs `evonas[dashboard]`."""
+    from evonas.reporting.optuna_study import export_study
+
+    n = export_study(run, file, study_name)
+    click.echo(f"wrote {n} trials to {file}; view them with: optuna-dashboard {file}", err=True)

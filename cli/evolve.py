@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ def _summary(best: dict) -> None:
 @click.option("--surrogate-ensemble", type=click.IntRange(1), default=None,
               help="Models in the screen's ensemble (default 3: ranks better than 1, fits 3x slower).")
 @click.option("--show-config", is_flag=True, help="Print the whole resolved run config as YAML and exit.")
-def evolve(config_file: str | None, out: str | None, seed_cells: str | None, show_config: bool,
+@click.option("--json", "as_json", is_flag=True, help="Also write each generation's logbook line (JSON) to stdout.")
+def evolve(config_file: str | None, out: str | None, seed_cells: str | None, show_config: bool, as_json: bool,
            **overrides: Any) -> None:
-    """Search for recurrent cells by evolution; one logbook line per generation on stdout, progress on stderr."""
+    """Search for recurrent cells by evolution: progress and one summary line per generation on stderr, the
+    logbook in RUN/logbook.jsonl (and on stdout with --json)."""
     from evonas.evolution.config import RunConfig
     from evonas.evolution.loop import Search
 
@@ -73,7 +76,8 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, sho
         raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
     cfg.out = str(run_dir)
     click.echo(f"run folder: {run_dir}", err=True)
-    search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble))
+    search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble),
+                    stdout=sys.stdout if as_json else None)
     best = search.run()
     _summary(best)
 
@@ -94,11 +98,12 @@ def _check_data(cfg: Any) -> None:
 @click.option("--workers", type=int, default=None)
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
 @click.option("--ray-address", default=None)
-def resume(run: str, **overrides: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Also write each generation's logbook line (JSON) to stdout.")
+def resume(run: str, as_json: bool, **overrides: Any) -> None:
     """Continue a stopped run: archived evaluations are looked up, never trained again."""
     from evonas.evolution.loop import Search
 
-    search = Search.resume(run, overrides=overrides)
+    search = Search.resume(run, overrides=overrides, stdout=sys.stdout if as_json else None)
     search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed, search.cfg.surrogate_ensemble)
     click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
     best = search.run()

@@ -58,3 +58,14 @@ def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job
         return {**ok_result(job.key), "extra": lambda: None}
     return ok_result(job.key)
 
+
+
+def noisy(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job
+    """Print through Python and straight to file descriptors 1 and 2 (as C code would), then succeed."""
+    import sys
+
+    print(f"python stdout {job.key}")
+    print(f"python stderr {job.key}", file=sys.stderr)
+    os.write(1, f"fd1 {job.key}\n".encode())
+    os.write(2, f"fd2 {job.key}\n".encode())
+    return ok_result(job.key)

@@ -265,3 +265,18 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_local_worker_output_goes_to_the_log_not_the_terminal(tmp_path, capfd):
+    """What workers print (Python streams and raw file descriptors) lands in the log file, never on ours."""
+    log = tmp_path / "workers.log"
+    with LocalEvaluator(workers=2, fn=jobs_mod.noisy, log=log) as ev:
+        got = collect(ev, make_jobs("a", "b", "c"))
+    assert all(r.status == "ok" for r in got.values())
+    out, err = capfd.readouterr()
+    assert "stdout" not in out + err and "fd1" not in out + err and "fd2" not in out + err, out + err
+    text = log.read_text()
+    for key in "abc":
+        for what in ("python stdout", "python stderr", "fd1", "fd2"):
+            assert f"{what} {key}\n" in text
+    assert text.count("started") >= 1 and "evonas-worker-" in text

@@ -46,6 +46,8 @@ CONFIG_CASES = [
     ("train: {steps: -5}\n", ["steps", "-5"]),
     ("train: [1, 2]\n", ["train"]),
     ("task: poetry\n", ["task", "'poetry'"]),
+    ("optuna: study.csv\n", ["Optuna study file", "study.csv", ".log"]),
+    ("optuna: 3\n", ["optuna", "3"]),
 ]
 
 

@@ -88,8 +88,9 @@ def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
     done_in_gen2 = [r for r in before if r["generation"] == 2]
     assert 1 <= len(done_in_gen2) <= 3  # (3 only if the kill beat the checkpoint of generation 2)
 
-    out, err = finish(evonas("resume", str(b)))
-    finish(run_a)
+    out, err = finish(evonas("resume", "--json", str(b)))
+    out_a, _ = finish(run_a)
+    assert out_a == ""  # without --json the logbook goes to its file only
     after = rows(b)
     # Nothing completed before the kill was lost or trained again (same row, same id, same finish time) ...
     by_id = {r["id"]: r for r in after}
@@ -98,7 +99,8 @@ def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
     log = [json.loads(line) for line in (b / "logbook.jsonl").read_text().splitlines()]
     assert [e["gen"] for e in log] == [0, 1, 2]
     assert log[2]["reused"] == len(done_in_gen2)
-    assert [json.loads(line)["gen"] for line in out.splitlines()] == [2]
+    assert [json.loads(line)["gen"] for line in out.splitlines()] == [2]  # --json: the logbook line on stdout
+    assert [ln.split("  ")[0] for ln in err.splitlines() if "best ever" in ln] == ["gen 2"]  # and the summary
     # ... and the resumed run ends with exactly the archive of the uninterrupted one.
     assert comparable(after) == comparable(rows(a))
     assert len(after) == 2 + 4 + 2 * 3

@@ -64,7 +64,9 @@ def test_run_folder_is_complete(tmp_path):
     assert [e["gen"] for e in log] == [0, 1, 2, 3, 4]
     assert {"gen", "trained", "failures", "best", "median", "tau", "seconds"} <= set(log[0])
     assert [line for line in s.stdout.getvalue().splitlines()] == (tmp_path / "logbook.jsonl").read_text().splitlines()
-    assert "trained 29/29" in s.stderr.getvalue()  # 3 seeds + 6 + 4 x 5
+    summaries = [ln for ln in s.stderr.getvalue().splitlines() if "best ever" in ln]
+    assert [ln.split("  ")[:2] for ln in summaries] == [["gen 0", "trained 9"]] + [[f"gen {g}", "trained 5"]
+                                                                                  for g in range(1, 5)]
     r = rows(tmp_path)
     assert len(r) == len(ev.calls) == 29 and len({k for k, *_ in r}) == 29  # no cell trained twice
     f = c.filter_config()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from evonas.evaluation.base import Evaluator
 
 
-def make_evaluator(cfg: Any) -> Evaluator:
+def make_evaluator(cfg: Any, log: Path | None = None) -> Evaluator:
     """The evaluator named by a run config (`backend`, `device`, `workers`, `eval_timeout`, `ray_address`,
-    `train.threads`): local processes or Ray."""
+    `train.threads`): local processes or Ray; local workers write their output to `log`."""
     if cfg.backend == "ray":
         from evonas.evaluation.ray_backend import RayEvaluator
 
@@ -29,4 +30,4 @@ def make_evaluator(cfg: Any) -> Evaluator:
         elif cfg.device == "cuda":
             devices = ["cuda"]  # no GPU visible: each evaluation fails with the training code's message
     return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices,
-                          threads=cfg.train.get("threads"))
+                          threads=cfg.train.get("threads"), log=log)

@@ -3,7 +3,9 @@
 worker, the time limit counted from the moment the job is handed to a ready worker (startup and imports
 excluded), a hung worker SIGKILLed; worker `i` is pinned to `devices[i % len(devices)]` ("cpu" hides the
 GPUs, "cuda:N" shows only GPU N) and gets OMP/MKL/torch threads = max(1, cores // workers). Workers ignore
-Ctrl-C (the parent handles it) and exit by themselves within a second when the parent process dies.
+Ctrl-C (the parent handles it) and exit by themselves within a second when the parent process dies. With
+`log`, a worker's stdout and stderr (its file descriptors, so C libraries too) go to the end of that file
+instead of the parent's terminal (the search passes RUN/workers.log).
 """
 
 from __future__ import annotations
@@ -78,8 +80,30 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, parent_pid: int) -> None:
-    """Worker process: set up threads/device, then answer one job at a time until told to stop."""
+def _redirect_output(path: str) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2: C libraries too) to the end of `path`."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:  # the log cannot be written: keep the terminal quiet all the same
+        fd = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(line_buffering=True)
+    print(f"--- {mp.current_process().name} (pid {os.getpid()}) started {time.strftime('%Y-%m-%d %H:%M:%S')}",
+          flush=True)
+
+
+def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, parent_pid: int,
+                 log: str | None = None) -> None:
+    """Worker process: output to `log` (when given), set up threads/device, then answer one job at a time."""
+    if log is not None:
+        _redirect_output(log)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     os.environ.update(env)
@@ -115,12 +139,12 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int):
+    def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int, log: str | None = None):
         self.slot, self.device = slot, device
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(child_conn, fn_ref, _device_env(device), threads, os.getpid()),
+            args=(child_conn, fn_ref, _device_env(device), threads, os.getpid(), log),
             name=f"evonas-worker-{slot}",
         )
         self.proc.start()
@@ -185,6 +209,7 @@ class LocalEvaluator(Evaluator):
         fn: JobFn = train_job,
         threads: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        log: str | os.PathLike | None = None,
     ):
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -200,12 +225,13 @@ class LocalEvaluator(Evaluator):
             resolve_fn(self.fn_ref)  # fail here, not in every worker
         self.threads = threads or default_threads(self.n_workers)
         self.startup_timeout = startup_timeout
+        self.log = os.fspath(log) if log is not None else None  # where workers print (None: this process's streams)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
     def _spawn(self, slot: int) -> _Worker:
-        return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads)
+        return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads, self.log)
 
     def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
         """Evaluate all jobs; see the module contract."""

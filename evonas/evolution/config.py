@@ -13,6 +13,7 @@ from evonas import defaults
 from evonas.cells import FilterConfig, op_set
 from evonas.errors import ConfigError
 from evonas.evolution.select import SELECTIONS
+from evonas.reporting import optuna_study
 
 BACKENDS = ("local", "ray")
 SURROGATES = ("none", "treelstm", "gnn")
@@ -53,6 +54,7 @@ class RunConfig:
                                                     "shrink": 0.7, "memory": 0.5})
     eval_timeout: float | None = None  # seconds per evaluation (None = no limit)
     best_k: int = 10  # cells written to best_cells.json
+    optuna: str | None = None  # Optuna study file kept up to date after each generation (relative: in the run folder)
     train: dict = field(default_factory=dict)
     # Multi-fidelity: {rungs: [b0, b1, ...], eta: 3, unit: steps|epochs}. Every chosen cell trains at rung 0;
     # the best 1/eta continue (from their saved state) to the next rung; seed cells always reach the top.
@@ -127,9 +129,11 @@ class RunConfig:
                 raise bad(key, f"one of {', '.join(choices)}")
         if not isinstance(self.task, str) or not self.task:
             raise bad("task", "a task name (synthetic, text, music)")
-        for key in ("data", "ray_address", "out"):
+        for key in ("data", "ray_address", "out", "optuna"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise bad(key, "a string")
+        if self.optuna is not None:
+            optuna_study.check_target(self.optuna)  # a .log/.journal/.db/.sqlite3 file, optuna installed
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise bad("device", "auto, cpu, cuda or cuda:N")

@@ -29,10 +29,12 @@ from evonas.evolution.operators import breed
 from evonas.evolution.progress import Progress
 from evonas.evolution.select import HallOfFame, set_fitness, usable
 from evonas.evolution.toolbox import make_toolbox
+from evonas.reporting.optuna_study import export_study
 from evonas.store.archive import Archive, budget_json, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from evonas.store.runlog import (
     CONFIG_COPY,
+    WORKERS_LOG,
     append_logbook,
     best_cells,
     rewrite_logbook,
@@ -143,7 +145,7 @@ class Search:
     def evaluator(self) -> Evaluator:
         """The evaluator (created from the config on first use when none was given)."""
         if self._evaluator is None:
-            self._evaluator = make_evaluator(self.cfg)
+            self._evaluator = make_evaluator(self.cfg, self.dir / WORKERS_LOG)
         return self._evaluator
 
     def total_evaluations(self) -> int:
@@ -224,6 +226,12 @@ class Search:
         write_best_cells(self.dir, best_cells(self.archive.rows(), self.cfg.best_k, self.seeds))
         save_checkpoint(self.dir, json_safe(self._state()))
         append_logbook(self.dir, entry, self.stdout)
+        self.progress.summary(entry)
+        if self.cfg.optuna:  # the run as an Optuna study (optuna-dashboard), brought up to date
+            try:
+                export_study(self.dir, self.dir / self.cfg.optuna, fresh=False)
+            except EvonasError as e:  # a dashboard file that cannot be written never stops the search
+                self.progress.note(f"warning: Optuna study not updated: {e}")
 
     def _initial(self, seen: set[str]) -> list:
         """Generation 0: the seed cells (any operator set, any size) and a random population under the filters."""

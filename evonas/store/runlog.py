@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,18 +14,22 @@ from evonas.store.archive import fitness_rows, json_safe, rung
 LOGBOOK = "logbook.jsonl"
 BEST_CELLS = "best_cells.json"
 CONFIG_COPY = "config.yaml"
+WORKERS_LOG = "workers.log"  # what the local worker processes print
 
 
 def append_logbook(run_dir: Path, entry: dict, stdout: IO[str] | None = None) -> None:
-    """Append one generation's line to logbook.jsonl (fsynced) and print it on stdout."""
+    """Append one generation's line to logbook.jsonl (fsynced); also write it to `stdout` when one is given
+    (`evonas evolve --json`), without the per-cell predictions (`predicted`), which stay in the file."""
     line = json.dumps(json_safe(entry), sort_keys=False)
     with open(run_dir / LOGBOOK, "a", encoding="utf-8") as f:
         f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
-    out = stdout if stdout is not None else sys.stdout
-    out.write(line + "\n")
-    out.flush()
+    if stdout is not None:
+        if "predicted" in entry:
+            line = json.dumps(json_safe({k: v for k, v in entry.items() if k != "predicted"}), sort_keys=False)
+        stdout.write(line + "\n")
+        stdout.flush()
 
 
 def rewrite_logbook(run_dir: Path, entries: list[dict]) -> None:
