@@ -146,6 +146,7 @@ class EvalResult:
     seconds: float = 0.0
     steps: int = 0
     epochs: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time for the evaluation (what a search's cost is counted in)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: NaN and infinities become None."""
@@ -154,6 +155,7 @@ class EvalResult:
             d[k] = _finite_or_none(d[k])
         d["seconds"] = _finite_or_none(d["seconds"]) or 0.0
         d["epochs"] = _finite_or_none(d["epochs"]) or 0.0
+        d["cpu_seconds"] = _finite_or_none(d["cpu_seconds"]) or 0.0
         return d
 
     @classmethod

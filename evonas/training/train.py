@@ -108,7 +108,7 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
     only the extra steps; `state_out` saves the state at the end (atomically, a torch file of tensors and plain
     values, read back with `weights_only=True`).
     """
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config.validate()
@@ -145,6 +145,7 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
     if loop is not None:
         result.steps, result.epochs = loop.step, round(loop.epochs_done(), 4)
     result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - cpu0
     if result.status != "ok":
         result.test_loss = result.test_ppl = None
         if result.valid_loss is not None and not math.isfinite(result.valid_loss):
