@@ -19,6 +19,7 @@ from typing import IO, Any
 from evonas.cells import Node, canonical_text, check, parse, to_text
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluation import Evaluator, Job
+from evonas.evaluation.factory import make_evaluator
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
 from evonas.evolution.genome import make_individual, to_node
@@ -46,30 +47,6 @@ def resolve_seed(name: str) -> tuple[str, Node]:
         return name, library.resolve(name)
     except (CellSyntaxError, CellError) as e:
         raise ConfigError(f"seed_cells: {name!r}: {e}") from None
-
-
-def make_evaluator(cfg: RunConfig) -> Evaluator:
-    """The evaluator named by the config (local processes or Ray)."""
-    if cfg.backend == "ray":
-        from evonas.evaluation.ray_backend import RayEvaluator
-
-        gpus = 1 if cfg.device.startswith("cuda") else 0
-        return RayEvaluator(address=cfg.ray_address, timeout=cfg.eval_timeout, gpus_per_eval=gpus)
-    from evonas.evaluation import LocalEvaluator
-
-    devices = None  # auto on a machine without GPUs: workers inherit the environment
-    if cfg.device == "cpu" or ":" in cfg.device:
-        devices = [cfg.device]
-    elif cfg.device in ("cuda", "auto"):
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n:  # one device per worker, round robin over the GPUs
-            devices = [f"cuda:{i}" for i in range(n)]
-        elif cfg.device == "cuda":
-            devices = ["cuda"]  # no GPU visible: each evaluation fails with the training code's message
-    return LocalEvaluator(workers=cfg.workers, timeout=cfg.eval_timeout, devices=devices,
-                          threads=cfg.train.get("threads"))
 
 
 class Search:
@@ -164,7 +141,9 @@ class Search:
     def evaluator(self) -> Evaluator:
         """The evaluator (created from the config on first use when none was given)."""
         if self._evaluator is None:
-            self._evaluator = make_evaluator(self.cfg)
+            c = self.cfg
+            self._evaluator = make_evaluator(c.backend, c.device, c.workers, c.eval_timeout, c.train.get("threads"),
+                                             c.ray_address, c.evals_per_gpu)
         return self._evaluator
 
     def total_evaluations(self) -> int:
