@@ -29,6 +29,7 @@ from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
 from evonas.evolution.toolbox import make_toolbox
 from evonas.store.archive import Archive, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from evonas.store.lock import holding_run_lock
 from evonas.store.runlog import (
     CONFIG_COPY,
     append_logbook,
@@ -150,6 +151,7 @@ class Search:
         """Planned evaluations of the whole run (seeds + initial population + offspring per generation)."""
         return len(self.cfg.seed_cells) + self.cfg.population + self.cfg.generations * self.cfg.offspring
 
+    @holding_run_lock
     def run(self) -> dict:
         """Run (or continue) the search to the last generation; returns the best-cells summary."""
         rows = self.archive.rows()
