@@ -5,7 +5,11 @@ Ray's resource requests, the out-of-memory path and `--device cuda` on a machine
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import evaluator_jobs as jobs_mod
 import pytest
@@ -175,8 +179,43 @@ def test_ray_requests_gpus_whenever_the_run_is_on_gpus(monkeypatch, device, eval
     assert fake.options == [{"num_returns": "streaming", "max_retries": 0, "num_cpus": 1, "num_gpus": want_gpus}]
     assert [job["config"]["device"] for job, _ in fake.sent] == [want_device, want_device]
     fraction = {"EVONAS_GPU_MEMORY_FRACTION": f"{want_gpus:g}"} if 0 < want_gpus < 1 else {}
-    assert all(env == fraction for _, env in fake.sent)
+    assert all(env == {"EVONAS_DEVICE": want_device, **fraction} for _, env in fake.sent)
     assert all(r.status == "ok" for r in got.values())
+
+
+RAY_WITH_DECLARED_GPUS = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import ray
+import evaluator_jobs
+from evonas.evaluation import Job
+from evonas.evaluation.factory import make_evaluator
+ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+ev = make_evaluator("ray", "auto", evals_per_gpu=2, fn=evaluator_jobs.scripted)
+got = []
+jobs = [Job(f"gather-{{i}}", f"gather-{{i}}", {{"device": "auto", "dir": {tmp!r}, "n": 4}}) for i in range(4)]
+ev.run(jobs, lambda job, r: got.append(json.loads(r.reason)))
+print(json.dumps({{"gpus_per_eval": ev.gpus_per_eval, "seen": got}}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_real_ray_packs_two_evaluations_on_each_declared_gpu(tmp_path):
+    """A real local Ray told it has 2 GPUs (none exist): 4 concurrent evaluations at evals_per_gpu 2 get half a
+    GPU each, two per GPU, and each sees only its own GPU, as cuda."""
+    pytest.importorskip("ray")
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": tests, "RAY_memory_monitor_refresh_ms": "0"}
+    proc = subprocess.run([sys.executable, "-c", RAY_WITH_DECLARED_GPUS.format(tests=tests, tmp=str(tmp_path))],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["gpus_per_eval"] == 0.5
+    seen = out["seen"]
+    assert len({s["pid"] for s in seen}) == 4
+    assert sorted(s["visible"] for s in seen) == ["0", "0", "1", "1"]
+    assert {(s["evonas_device"], s["job_device"], s["memory_fraction"]) for s in seen} == {("cuda", "cuda", "0.5")}
 
 
 def test_ray_refuses_cuda_on_a_cluster_without_gpus(monkeypatch):

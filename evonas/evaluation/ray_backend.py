@@ -123,7 +123,7 @@ class RayEvaluator(Evaluator):
         self.gpus_per_eval = gpus_per_eval
         # the device name inside the task: Ray shows it only its own GPU(s)
         self.job_device = None if device is None else ("cuda" if gpus_per_eval > 0 else "cpu")
-        self.task_env: dict[str, str] = {}
+        self.task_env: dict[str, str] = {} if self.job_device is None else {"EVONAS_DEVICE": self.job_device}
         if 0 < gpus_per_eval < 1:
             self.task_env[MEMORY_FRACTION_ENV] = f"{gpus_per_eval:.6g}"
         for name, need in (("GPU", gpus_per_eval), ("CPU", cpus_per_eval)):
