@@ -1,9 +1,18 @@
-"""`evonas evolve` (start a search) and `evonas resume` (finish a stopped one)."""
+"""`evonas evolve` (start a search) and `evonas resume` (finish a stopped one).
+
+Both hold the run folder's lock while they run (`evonas.store.lock`: one writer per run; a second one gets
+one line naming the holder and exit code 2). Ctrl-C or SIGTERM stops the workers, keeps everything already
+recorded, prints "interrupted at generation G; continue with: evonas resume RUN" and exits with 130 (SIGINT)
+or 143 (SIGTERM); `evonas resume` then continues as after a kill.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +20,8 @@ import click
 from evonas.surrogate.screen import make_screen
 
 from evonas.errors import ConfigError
+from evonas.store.lock import RunLock
+from evonas.store.runlog import WORKERS_LOG
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -44,6 +55,8 @@ def _summary(best: dict) -> None:
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: a local Ray).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@click.option("--evals-per-gpu", type=int, default=None,
+              help="Evaluations sharing one GPU, each in its own process (default 2).")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", default=None, help="Run folder (default: runs/<timestamp>).")
 @click.option("--seed-cells", default=None, help="Comma-separated library names (lstm,gru,...); '' for none.")
@@ -72,13 +85,72 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, sho
         return
     _check_data(cfg)
     run_dir = Path(out or cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
-        raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
-    cfg.out = str(run_dir)
-    click.echo(f"run folder: {run_dir}", err=True)
-    search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble),
-                    stdout=sys.stdout if as_json else None)
-    best = search.run()
+    from evonas.evaluation.factory import make_evaluator
+
+    # Device and backend problems (--device cuda without a GPU, no Ray cluster) fail here, before the run folder.
+    evaluator = make_evaluator(cfg.backend, cfg.device, cfg.workers, cfg.eval_timeout, cfg.train.get("threads"),
+                               cfg.ray_address, cfg.evals_per_gpu, log=run_dir / WORKERS_LOG)
+
+    def start() -> Search:
+        if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
+            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
+        cfg.out = str(run_dir)
+        click.echo(f"run folder: {run_dir}", err=True)
+        return Search(cfg, run_dir, evaluator=evaluator,
+                      screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble),
+                      stdout=sys.stdout if as_json else None)
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        evaluator.close()
+        raise
+    _run_search(run_dir, start, evaluator)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM, raised in the main thread by `_interrupts`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _interrupts() -> Iterator[None]:
+    """Within the block the first SIGINT or SIGTERM raises Interrupted; later ones are ignored (we are stopping)."""
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run_search(run_dir: Path, start: Callable[[], Any], evaluator: Any = None) -> None:
+    """Under the run's lock: `start()` the Search and run it, then print the summary; an interrupt stops the
+    workers, prints one line and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+    search = None
+    try:
+        with _interrupts():
+            try:
+                with RunLock(run_dir):
+                    search = start()
+                    best = search.run()
+            finally:
+                if evaluator is not None:
+                    evaluator.close()
+    except Interrupted as e:
+        where = f"at generation {search.next_gen}" if search is not None else "before the search started"
+        click.echo(f"interrupted {where}; continue with: evonas resume {run_dir}", err=True)
+        sys.exit(128 + e.signum)
     _summary(best)
 
 
@@ -98,13 +170,17 @@ def _check_data(cfg: Any) -> None:
 @click.option("--workers", type=int, default=None)
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
 @click.option("--ray-address", default=None)
+@click.option("--evals-per-gpu", type=int, default=None, help="Evaluations sharing one GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Also write each generation's logbook line (JSON) to stdout.")
 def resume(run: str, as_json: bool, **overrides: Any) -> None:
     """Continue a stopped run: archived evaluations are looked up, never trained again."""
     from evonas.evolution.loop import Search
 
-    search = Search.resume(run, overrides=overrides, stdout=sys.stdout if as_json else None)
-    search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed, search.cfg.surrogate_ensemble)
-    click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
-    best = search.run()
-    _summary(best)
+    def start() -> Search:
+        search = Search.resume(run, overrides=overrides, stdout=sys.stdout if as_json else None)
+        search.evaluator  # noqa: B018 - device and backend problems fail here, before any work
+        search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed, search.cfg.surrogate_ensemble)
+        click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
+        return search
+
+    _run_search(Path(run), start)

@@ -52,3 +52,7 @@ class CheckpointError(EvonasError):
 
 class SurrogateFormatError(EvonasError):
     """A surrogate file of another format version, corrupt, or not a plain state dict."""
+
+
+class RunInUseError(EvonasError):
+    """A run folder whose lock is held by another live evonas process (one writer per run)."""

@@ -148,3 +148,63 @@ def test_previous_is_a_separate_file_after_the_next_save(tmp_path):
     (tmp_path / CHECKPOINT).write_text("garbage")  # damaging the latest leaves the previous intact
     with pytest.warns(UserWarning):
         assert load_checkpoint(tmp_path)["generation"] == 1
+
+
+def test_checkpoint_is_strict_json_and_non_finite_numbers_come_back(tmp_path):
+    save_checkpoint(tmp_path, {"best": float("inf"), "worst": float("-inf"), "nan": float("nan"),
+                               "nested": [{"x": float("nan")}, 1.5], "ok": {"__float__": "not a marker"}})
+    raw = (tmp_path / CHECKPOINT).read_text()
+
+    def refuse(token: str):
+        raise AssertionError(f"non-standard JSON token {token} in the checkpoint")
+
+    strict = json.loads(raw, parse_constant=refuse)  # what a strict JSON reader sees
+    assert strict["best"] == {"__float__": "inf"} and strict["nan"] == {"__float__": "nan"}
+    got = load_checkpoint(tmp_path)
+    assert got["best"] == float("inf") and got["worst"] == float("-inf") and got["nan"] != got["nan"]
+    assert got["nested"][0]["x"] != got["nested"][0]["x"] and got["nested"][1] == 1.5
+    assert got["ok"] == {"__float__": "not a marker"}
+
+
+def test_old_checkpoints_with_bare_nan_tokens_still_load(tmp_path):
+    (tmp_path / CHECKPOINT).write_text('{"format_version": 1, "generation": 4, "best": Infinity, "x": NaN}')
+    got = load_checkpoint(tmp_path)
+    assert got["generation"] == 4 and got["best"] == float("inf") and got["x"] != got["x"]
+    save_checkpoint(tmp_path, {**got, "generation": 5})  # re-saved in the current format, the old one kept
+    assert load_checkpoint(tmp_path)["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((tmp_path / PREVIOUS).read_text())["format_version"] == 1
+
+
+@pytest.fixture
+def fake_cuda_rng(monkeypatch):
+    """Two simulated CUDA devices with their own generator states (torch.cuda's RNG functions monkeypatched)."""
+    states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append([s.clone() for s in new]))
+    return states, restored
+
+
+def test_cuda_rng_states_are_saved_and_restored(tmp_path, fake_cuda_rng, monkeypatch):
+    states, restored = fake_cuda_rng
+    save_checkpoint(tmp_path, {"rng": capture_rng(torch=True)})
+    saved = load_checkpoint(tmp_path)["rng"]
+    assert saved["cuda"] == [s.tolist() for s in states]
+    restore_rng(saved)
+    assert [[t.tolist() for t in call] for call in restored] == [[s.tolist() for s in states]]
+    assert all(t.dtype == torch.uint8 for t in restored[0])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed where fewer GPUs exist
+    with pytest.warns(UserWarning, match="2 CUDA devices, this machine has 1"):
+        restore_rng(saved)
+    assert [t.tolist() for t in restored[-1]] == [states[0].tolist()]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on a machine without CUDA
+    restore_rng(saved)
+    assert len(restored) == 2
+
+
+def test_cuda_rng_is_not_captured_where_cuda_was_never_used(fake_cuda_rng, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # asking would create a CUDA context
+    assert "cuda" not in capture_rng(torch=True)

@@ -164,7 +164,7 @@ def test_local_devices_round_robin_and_threads():
     with LocalEvaluator(workers=3, devices=["cpu", "cuda:1"], threads=2, fn=jobs_mod.scripted) as ev:
         got = collect(ev, make_jobs(*[f"env-{i}" for i in range(9)], *[f"pid-{i}" for i in range(6)]))
     envs = {got[f"env-{i}"].reason for i in range(9)}
-    assert envs <= {"|cpu|2", "1|cuda|2"}
+    assert envs <= {"|cpu|2", "1|cuda:0|2"}  # the worker pinned to GPU 1 sees it as cuda:0
     pids = {got[f"pid-{i}"].reason for i in range(6)}
     assert 1 <= len(pids) <= 3 and str(os.getpid()) not in pids
 

@@ -2,9 +2,13 @@
 
 Kills come at random moments from outside (mostly while cells train) and at fixed points from inside
 (the process SIGKILLs itself in the middle of a checkpoint write, a surrogate fit or save, right after an
-archive commit, ...; see tests/reliability_jobs.py). After every kill the archive may only have grown:
-every (canonical cell -> metrics) seen before is still there, unchanged, nothing is archived twice, no
-archived cell is trained again, and at the end the run is complete and consistent.
+archive commit, ...; see tests/reliability_jobs.py). Some stops are interrupts instead (SIGINT, SIGTERM:
+exit 130 / 143 with the one "interrupted at generation G" line), and once a second `evonas resume` is
+started while the run is going: it is refused (exit 2, one line naming the holder) and changes nothing.
+Every SIGKILL leaves the run's lock behind, which the next resume takes over as stale. After every stop the
+archive may only have grown: every (canonical cell -> metrics) seen before is still there, unchanged,
+nothing is archived twice, no archived cell is trained again, and at the end the run is complete and
+consistent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -25,8 +30,8 @@ TESTS = Path(__file__).resolve().parent
 HARNESS = str(TESTS / "reliability_jobs.py")
 
 
-GENERATIONS = 4
-# A tiny real search: 3 seeds + 4 initial + 4 x 3 offspring = 19 cells, each a few training steps, with two
+GENERATIONS = 5
+# A tiny real search: 3 seeds + 4 initial + 5 x 3 offspring = 22 cells, each a few training steps, with two
 # rungs (4 steps, then 8 for the best third and the seeds, continuing from the saved state), so kills also land
 # inside a rung and between rungs. The third seed blows up (h_t = MM(x) + 1000 h_{t-1} overflows, then
 # inf - inf = NaN): a real diverged cell.
@@ -43,11 +48,14 @@ fidelity: {{rungs: [4, 8], eta: 3}}
 train: {{hidden: 8}}
 """
 # Kills in order: "ext" = SIGKILL from outside at a random moment once the run is under way, "ext-train" =
-# from outside at a random moment soon after a new evaluation arrived (workers busy training), else a kill
-# point inside the process.
-PLAN = ["archive-add:2", "ext-train", "surrogate-fit:1", "ext", "checkpoint-write:1", "archive-add:1", "ext-train",
-        "archive-add:3", "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1", "ext-train",
-        "surrogate-fit:2", "archive-add:1", "ext"]
+# from outside at a random moment soon after a new evaluation arrived (workers busy training), "sigint" /
+# "sigterm" = that signal (Ctrl-C, a polite kill) soon after a new evaluation arrived, "lock" = a second
+# `resume` while the run goes on (refused), then SIGKILL; else a kill point inside the process.
+PLAN = ["archive-add:2", "sigint", "ext-train", "surrogate-fit:1", "lock", "ext", "checkpoint-write:1", "sigterm",
+        "archive-add:1", "ext-train", "archive-add:3", "surrogate-save:1", "ext", "checkpoint-rotate:1", "logbook:1",
+        "ext-train", "surrogate-fit:2", "archive-add:1", "ext"]
+EXTERNAL = ("ext", "ext-train", "sigint", "sigterm", "lock")
+INTERRUPTS = {"sigint": (signal.SIGINT, 130), "sigterm": (signal.SIGTERM, 143)}
 MAX_ATTEMPTS = 40
 
 
@@ -101,7 +109,7 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
         arm = PLAN[attempt] if attempt < len(PLAN) else None
         started = (run / "config.yaml").exists()
         args = ["resume", str(run)] if started else ["evolve", "--config", str(cfg), "--out", str(run)]
-        point_env = {"EVONAS_REL_KILL": arm} if arm and not arm.startswith("ext") else {}
+        point_env = {"EVONAS_REL_KILL": arm} if arm and arm not in EXTERNAL else {}
         with open(log, "a") as out:
             out.write(f"\n=== attempt {attempt}: {' '.join(args)} (kill {arm}) ===\n")
             out.flush()
@@ -116,14 +124,16 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                         proc.wait(rng.uniform(0.2, 2.0))
                     except subprocess.TimeoutExpired:
                         proc.send_signal(signal.SIGKILL)
-                elif arm == "ext-train":  # soon after a newly trained cell is archived: the others are training
-                    rows = len(snapshot(run))
+                elif arm in ("ext-train", "sigint", "sigterm", "lock"):  # soon after a newly trained cell is
+                    rows = len(snapshot(run))                             # archived: the others are training
                     while proc.poll() is None and len(snapshot(run)) == rows:
                         time.sleep(0.1)
+                    if arm == "lock" and proc.poll() is None:
+                        second_writer_is_refused(run, proc.pid, env)
                     try:
                         proc.wait(rng.uniform(0.05, 0.5))
                     except subprocess.TimeoutExpired:
-                        proc.send_signal(signal.SIGKILL)
+                        proc.send_signal(INTERRUPTS[arm][0] if arm in INTERRUPTS else signal.SIGKILL)
                 code = proc.wait(240)
             finally:
                 if proc.poll() is None:
@@ -132,7 +142,13 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
         left = group_left(proc.pid)
         assert not left, f"processes outlived the killed run: {left}"
         output = log.read_text()
-        assert code in (0, -signal.SIGKILL), f"attempt {attempt} ({arm}) exited {code} (seed {seed}):\n{output[-3000:]}"
+        allowed = (0, INTERRUPTS[arm][1]) if arm in INTERRUPTS else (0, -signal.SIGKILL)
+        assert code in allowed, f"attempt {attempt} ({arm}) exited {code} (seed {seed}):\n{output[-3000:]}"
+        if code in (130, 143):
+            last = [ln for ln in output.splitlines() if ln.strip()][-1]
+            assert re.fullmatch(rf"interrupted at generation \d; continue with: evonas resume {re.escape(str(run))}",
+                                last), output[-3000:]
+        assert not (run / "lock.json").exists() or code == -signal.SIGKILL, "an ended run kept its lock"
         now = snapshot(run)
         lost = {k for k in seen if k not in now}
         changed = {k for k in seen if k in now and now[k] != seen[k]}
@@ -148,7 +164,9 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
     print(f"\n{len(kills)} kills (seed {seed}):\n" + "\n".join(where))
     assert finished, f"the run did not finish after {MAX_ATTEMPTS} attempts (seed {seed})"
     assert len(kills) >= 10, f"only {len(kills)} kills happened: {kills} (seed {seed})"
-    assert {"archive-add:2", "surrogate-fit:1", "checkpoint-write:1", "surrogate-save:1"} <= set(kills)
+    assert {"archive-add:2", "surrogate-fit:1", "checkpoint-write:1", "surrogate-save:1", "sigint", "lock",
+            "sigterm"} <= set(kills), kills
+    assert output.count("taking over the lock of run folder") >= 5  # each SIGKILL left a stale lock behind
 
     # A kill leaves no tracebacks behind (e.g. from workers finding their parent gone).
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
@@ -181,6 +199,19 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
     assert diverged and all(m["reason"] for m in diverged)
     best = json.loads((run / "best_cells.json").read_text())
     assert all(f"{e['cell']}@{e['rung']}" in ok for e in best["best"])
+
+
+def second_writer_is_refused(run: Path, holder: int, env: dict) -> None:
+    """A second `evonas resume` of a run in progress: one line naming the holder, exit 2, and it wrote nothing
+    (a resume writes the run's config.yaml first; the holder writes it only when it starts)."""
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name == "config.yaml"}
+    proc = subprocess.run([sys.executable, HARNESS, "resume", str(run)], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: run folder {run} is in use") \
+        and f"PID {holder} on host" in lines[0], proc.stderr[-3000:]
+    assert before == {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name in before}
 
 
 def test_kill_right_after_the_archive_is_created_can_still_be_resumed(tmp_path):

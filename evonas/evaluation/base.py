@@ -14,6 +14,9 @@ Contract (every backend; `tests/test_evaluators.py` checks it against each one):
 The function run per job is `fn(job) -> EvalResult` (or its `to_dict()` form; default `train_job`, which
 calls `evonas.training.train.evaluate`). It must be a module-level function so that worker processes can import it.
 Results travel from workers as plain dicts; `on_result` always receives an `evonas.training.train.EvalResult`.
+Devices: a backend that places jobs on devices hands the job function a job whose `config["device"]` names
+the device as the worker sees it (`cpu`, or `cuda:0` for the one GPU a worker is pinned to) and
+`on_result` gets the job as submitted.
 
 """
 
@@ -65,6 +68,12 @@ class Job:
         """Inverse of `to_dict`."""
         return cls(key=d["key"], cell=d["cell"], config=dict(d["config"]), generation=int(d.get("generation", 0)),
                    rung=int(d.get("rung", 0)), state_in=d.get("state_in"), state_out=d.get("state_out"))
+
+    def on_device(self, device: str | None) -> Job:
+        """This job with its config's device set to `device` as the worker sees it (None: unchanged)."""
+        if device is None:
+            return self
+        return dataclasses.replace(self, config={**self.config, "device": device})
 
 
 def train_job(job: Job) -> EvalResult:

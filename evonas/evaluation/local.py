@@ -1,11 +1,18 @@
 """LocalEvaluator: worker processes on this machine (the contract is in `evonas.evaluation.base`).
 `LocalEvaluator` specifics: spawned processes (never fork: safe with torch/CUDA), one job at a time per
 worker, the time limit counted from the moment the job is handed to a ready worker (startup and imports
-excluded), a hung worker SIGKILLed; worker `i` is pinned to `devices[i % len(devices)]` ("cpu" hides the
-GPUs, "cuda:N" shows only GPU N) and gets OMP/MKL/torch threads = max(1, cores // workers). Workers ignore
-Ctrl-C (the parent handles it) and exit by themselves within a second when the parent process dies. With
-`log`, a worker's stdout and stderr (its file descriptors, so C libraries too) go to the end of that file
-instead of the parent's terminal (the search passes RUN/workers.log).
+excluded), a hung worker SIGKILLed; worker `i` is pinned to `devices[i % len(devices)]` and gets
+OMP/MKL/torch threads = max(1, cores // workers).
+Devices, as this (parent) process names them: "cpu" hides the GPUs; "cuda:N" shows the worker only GPU N
+(CUDA_VISIBLE_DEVICES set to the physical GPU behind the parent's index N), which the worker sees as
+`cuda:0`; "cuda" inherits the parent's GPUs; None inherits everything. The worker exports its own name of
+the device as EVONAS_DEVICE and rewrites each job's `config["device"]` to it, so training runs on the device
+the worker was given under a name it can see. With `evals_per_gpu` > 1 (several workers on one GPU) each GPU
+worker exports EVONAS_GPU_MEMORY_FRACTION = 1/evals_per_gpu (see `evonas.training.device`).
+Workers ignore Ctrl-C and SIGTERM (the parent handles them and stops its workers, so an interrupted
+evaluation is never recorded as a failure) and exit by themselves within a second when the parent dies.
+With `log`, a worker's stdout and stderr (its file descriptors, so C libraries too) go to the end of that
+file instead of the parent's terminal (the search passes RUN/workers.log).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ if TYPE_CHECKING:
 MAX_START_FAILURES = 3
 # Seconds a new worker may take to start (interpreter, imports of the job function's module) before it is killed.
 STARTUP_TIMEOUT = 300.0
+# = evonas.training.device.MEMORY_FRACTION_ENV (not imported: that module imports torch)
+MEMORY_FRACTION_ENV = "EVONAS_GPU_MEMORY_FRACTION"
 
 
 def default_threads(workers: int) -> int:
@@ -56,17 +65,33 @@ def default_threads(workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-def _device_env(device: str | None) -> dict[str, str]:
+def physical_gpu(index: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry of this process's GPU `index` (its own list when set, else the index)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return str(index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise ConfigError(f"device 'cuda:{index}' requested but CUDA_VISIBLE_DEVICES={visible!r} shows "
+                          f"{len(entries)} GPU(s)")
+    return entries[index]
+
+
+def _device_env(device: str | None, memory_fraction: float | None = None) -> dict[str, str]:
     """Environment pinning a worker to `device` ("cpu", "cuda", "cuda:N"; None = inherit)."""
     if device is None:
         return {}
     if device == "cpu":
         return {"CUDA_VISIBLE_DEVICES": "", "EVONAS_DEVICE": "cpu"}
     if device == "cuda":
-        return {"EVONAS_DEVICE": "cuda"}
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return {"CUDA_VISIBLE_DEVICES": device[5:], "EVONAS_DEVICE": "cuda"}
-    raise ConfigError(f"bad device {device!r}: expected cpu, cuda or cuda:N")
+        env = {"EVONAS_DEVICE": "cuda"}
+    elif device.startswith("cuda:") and device[5:].isdigit():
+        env = {"CUDA_VISIBLE_DEVICES": physical_gpu(int(device[5:])), "EVONAS_DEVICE": "cuda:0"}
+    else:
+        raise ConfigError(f"bad device {device!r}: expected cpu, cuda or cuda:N")
+    if memory_fraction is not None:
+        env[MEMORY_FRACTION_ENV] = f"{memory_fraction:.6g}"
+    return env
 
 
 # ---------------------------------------------------------------- local process pool
@@ -104,9 +129,11 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
     """Worker process: output to `log` (when given), set up threads/device, then answer one job at a time."""
     if log is not None:
         _redirect_output(log)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     os.environ.update(env)
+    device = env.get("EVONAS_DEVICE")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
@@ -127,7 +154,7 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
             return
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
-        reply = call_job(fn, Job.from_dict(msg))
+        reply = call_job(fn, Job.from_dict(msg).on_device(device))
         try:
             conn.send(reply)
         except OSError:  # BrokenPipeError: the parent is gone (killed); exit quietly, nobody is listening
@@ -139,12 +166,13 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int, log: str | None = None):
+    def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int,
+                 memory_fraction: float | None = None, log: str | None = None):
         self.slot, self.device = slot, device
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(child_conn, fn_ref, _device_env(device), threads, os.getpid(), log),
+            args=(child_conn, fn_ref, _device_env(device, memory_fraction), threads, os.getpid(), log),
             name=f"evonas-worker-{slot}",
         )
         self.proc.start()
@@ -205,14 +233,18 @@ class LocalEvaluator(Evaluator):
         self,
         workers: int = 1,
         timeout: float | None = None,
-        devices: Sequence[str] | None = None,
+        devices: Sequence[str | None] | None = None,
         fn: JobFn = train_job,
         threads: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        evals_per_gpu: int = 1,
         log: str | os.PathLike | None = None,
     ):
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
+        if not isinstance(evals_per_gpu, int) or evals_per_gpu < 1:
+            raise ConfigError(f"evals_per_gpu must be an integer >= 1, got {evals_per_gpu!r}")
+        self.memory_fraction = 1.0 / evals_per_gpu if evals_per_gpu > 1 else None
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
         self.n_workers = int(workers)
@@ -231,7 +263,12 @@ class LocalEvaluator(Evaluator):
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
     def _spawn(self, slot: int) -> _Worker:
-        return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads, self.log)
+        return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads,
+                       self.memory_fraction, self.log)
+
+    def worker_devices(self) -> list[str | None]:
+        """The device (as this process names it) each worker slot is pinned to."""
+        return [self.devices[i % len(self.devices)] for i in range(self.n_workers)]
 
     def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
         """Evaluate all jobs; see the module contract."""

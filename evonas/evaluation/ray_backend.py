@@ -3,8 +3,13 @@
 - `RayEvaluator(address=None)` connects to the cluster at `address` ("auto", "ray://host:10001", "host:6379"),
   or starts a local Ray (no dashboard, quiet logs) when None; it reuses a Ray already initialised in this
   process and only shuts down a Ray it started itself.
-- Each job is one task asking for `cpus_per_eval` CPUs and `gpus_per_eval` GPUs (1 when training on CUDA),
-  never retried (max_retries=0: a crashed evaluation is recorded, not repeated behind our back).
+- Each job is one task asking for `cpus_per_eval` CPUs and `gpus_per_eval` GPUs, never retried
+  (max_retries=0: a crashed evaluation is recorded, not repeated behind our back). Given a `device` instead,
+  the GPU request follows it: `cpu` asks for none; `cuda`/`cuda:N` for 1/evals_per_gpu of a GPU (Ray picks
+  which one: N is not honoured across a cluster); `auto` for 1/evals_per_gpu when the cluster has GPUs, else
+  none. Ray shows a task only the GPU it was given (CUDA_VISIBLE_DEVICES), so the job's device is rewritten
+  to `cuda` (that GPU) or `cpu`; with evals_per_gpu > 1 the task also caps its share of the GPU's memory
+  (EVONAS_GPU_MEMORY_FRACTION, see evonas.training.device).
 - The task is a streaming generator that first reports that it started, so the time limit counts from the
   moment it runs on a worker (queueing for a free GPU does not count). Over the limit: `ray.cancel(force=True)`
   and "timed out after N s".
@@ -16,6 +21,7 @@ Ray is optional: it is imported when a RayEvaluator is created.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,10 +47,22 @@ def _import_ray() -> Any:
     return ray
 
 
-def _ray_job(fn: JobFn, job: dict) -> Iterator[tuple]:
-    """Ray task body: say that it started, then run the job (exceptions become a failed message)."""
+MEMORY_FRACTION_ENV = "EVONAS_GPU_MEMORY_FRACTION"  # = evonas.training.device.MEMORY_FRACTION_ENV
+
+
+def _ray_job(fn: JobFn, job: dict, env: dict[str, str] | None = None) -> Iterator[tuple]:
+    """Ray task body: say that it started, set the environment, then run the job (exceptions: failed message)."""
     yield ("started", time.time())
+    if env:
+        os.environ.update(env)
     yield call_job(fn, Job.from_dict(job))
+
+
+def gpu_request(device: str, evals_per_gpu: int, cluster_gpus: float) -> float:
+    """GPUs one evaluation asks Ray for when training on `device` (see the module docstring)."""
+    if device == "cpu" or (device == "auto" and cluster_gpus <= 0):
+        return 0.0
+    return 1.0 / evals_per_gpu
 
 
 def _ray_error_reason(exc: BaseException) -> str:
@@ -68,16 +86,23 @@ class RayEvaluator(Evaluator):
         self,
         address: str | None = None,
         timeout: float | None = None,
-        gpus_per_eval: float = 0,
+        gpus_per_eval: float | None = None,
         cpus_per_eval: float = 1,
         fn: JobFn = train_job,
         max_in_flight: int | None = None,
         num_cpus: int | None = None,
+        device: str | None = None,
+        evals_per_gpu: int = 1,
     ):
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        if gpus_per_eval < 0 or cpus_per_eval < 0:
+        if (gpus_per_eval is not None and gpus_per_eval < 0) or cpus_per_eval < 0:
             raise ConfigError("gpus_per_eval and cpus_per_eval must be >= 0")
+        if not isinstance(evals_per_gpu, int) or evals_per_gpu < 1:
+            raise ConfigError(f"evals_per_gpu must be an integer >= 1, got {evals_per_gpu!r}")
+        if device is not None and device not in ("auto", "cpu", "cuda") and not (
+                device.startswith("cuda:") and device[5:].isdigit()):
+            raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:N")
         ray = _import_ray()
         self.timeout = timeout
         self.fn = fn  # Ray serializes it (by reference for a module-level function)
@@ -93,6 +118,14 @@ class RayEvaluator(Evaluator):
                 raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
             self._owns_ray = True
         have = ray.cluster_resources()
+        if gpus_per_eval is None:
+            gpus_per_eval = gpu_request(device or "cpu", evals_per_gpu, have.get("GPU", 0))
+        self.gpus_per_eval = gpus_per_eval
+        # the device name inside the task: Ray shows it only its own GPU(s)
+        self.job_device = None if device is None else ("cuda" if gpus_per_eval > 0 else "cpu")
+        self.task_env: dict[str, str] = {} if self.job_device is None else {"EVONAS_DEVICE": self.job_device}
+        if 0 < gpus_per_eval < 1:
+            self.task_env[MEMORY_FRACTION_ENV] = f"{gpus_per_eval:.6g}"
         for name, need in (("GPU", gpus_per_eval), ("CPU", cpus_per_eval)):
             if need > have.get(name, 0):
                 self.close()
@@ -115,7 +148,8 @@ class RayEvaluator(Evaluator):
             while pending or inflight:
                 while pending and len(inflight) < limit:
                     job = pending.pop()
-                    inflight[self._task.remote(self.fn, job.to_dict())] = [job, None]
+                    sent = job.on_device(self.job_device).to_dict()
+                    inflight[self._task.remote(self.fn, sent, self.task_env)] = [job, None]
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._wait_time(inflight))
                 if ready:  # take every generator that has something, not just the first
                     ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)

@@ -33,6 +33,7 @@ class RunConfig:
     backend: str = "local"
     ray_address: str | None = None
     device: str = "auto"
+    evals_per_gpu: int = defaults.EVALS_PER_GPU  # evaluations sharing one GPU (each in its own process)
     seed: int = 0
     out: str | None = None
     seed_cells: list[str] = field(default_factory=lambda: list(defaults.SEED_CELLS))
@@ -118,6 +119,8 @@ class RunConfig:
                         ("init_min_height", 1), ("init_max_height", 1), ("mut_max_height", 0), ("best_k", 1)):
             if not is_int(getattr(self, key)) or getattr(self, key) < lo:
                 raise bad(key, f"an integer >= {lo}")
+        if not is_int(self.evals_per_gpu) or self.evals_per_gpu < 1:
+            raise bad("evals_per_gpu", "an integer >= 1")
         if self.init_max_height < self.init_min_height:
             raise bad("init_max_height", f">= init_min_height ({self.init_min_height})")
         for key in ("cx_prob", "explore_share"):

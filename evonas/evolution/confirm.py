@@ -147,7 +147,9 @@ def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evalua
 
             cfg_run = RunConfig.from_dict(_run_state(run)[0])
             own = evaluator is None
-            evaluator = evaluator or make_evaluator(cfg_run)
+            evaluator = evaluator or make_evaluator(
+                cfg_run.backend, cfg_run.device, cfg_run.workers, cfg_run.eval_timeout, cfg_run.train.get("threads"),
+                cfg_run.ray_address, cfg_run.evals_per_gpu, log=folder / "workers.log")
             try:
                 evaluator.run(jobs, on_result)
             finally:

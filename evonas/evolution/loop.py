@@ -32,6 +32,7 @@ from evonas.evolution.toolbox import make_toolbox
 from evonas.reporting.optuna_study import export_study
 from evonas.store.archive import Archive, budget_json, json_safe
 from evonas.store.checkpoint import CHECKPOINT, PREVIOUS, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from evonas.store.lock import holding_run_lock
 from evonas.store.runlog import (
     CONFIG_COPY,
     WORKERS_LOG,
@@ -145,7 +146,9 @@ class Search:
     def evaluator(self) -> Evaluator:
         """The evaluator (created from the config on first use when none was given)."""
         if self._evaluator is None:
-            self._evaluator = make_evaluator(self.cfg, self.dir / WORKERS_LOG)
+            c = self.cfg
+            self._evaluator = make_evaluator(c.backend, c.device, c.workers, c.eval_timeout, c.train.get("threads"),
+                                             c.ray_address, c.evals_per_gpu, log=self.dir / WORKERS_LOG)
         return self._evaluator
 
     def total_evaluations(self) -> int:
@@ -159,6 +162,7 @@ class Search:
 
         return jobs(len(self.cfg.seed_cells) + self.cfg.population) + self.cfg.generations * jobs(self.cfg.offspring)
 
+    @holding_run_lock
     def run(self) -> dict:
         """Run (or continue) the search to the last generation; returns the best-cells summary."""
         rows = self.archive.rows()

@@ -1,7 +1,7 @@
 """Run checkpoints: JSON written atomically, the previous one kept; RNG states to JSON and back.
 
 Contract:
-- `save_checkpoint(run_dir, state)` writes `run_dir/checkpoint.json` as {"format_version": 1, **state}:
+- `save_checkpoint(run_dir, state)` writes `run_dir/checkpoint.json` as {"format_version": 2, **state}:
   temporary file in the same folder, flush + fsync, the current good checkpoint hard-linked (or copied) to
   `checkpoint.prev.json`, the temporary file renamed over `checkpoint.json`, folder fsynced. At every moment
   `checkpoint.json` is a complete checkpoint (the new one or the one before). A garbled current file is not
@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -29,7 +30,8 @@ from typing import Any
 
 from evonas.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: non-finite floats as bare NaN/Infinity tokens
 CHECKPOINT = "checkpoint.json"
 PREVIOUS = "checkpoint.prev.json"
 
@@ -57,7 +59,7 @@ def _read(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
     try:
-        state = json.loads(text)
+        state = json.loads(text, object_hook=_decode_float)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or garbled: {exc}") from None
     if not isinstance(state, dict) or "format_version" not in state:
@@ -70,12 +72,34 @@ class _VersionError(CheckpointError):
 
 
 def _check_version(path: Path, state: dict) -> dict:
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] not in READABLE_VERSIONS:
         raise _VersionError(
             f"checkpoint {path} has format version {state['format_version']!r}; "
-            f"this evonas reads version {FORMAT_VERSION}"
+            f"this evonas reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return state
+
+
+_FLOAT_KEY = "__float__"
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def encode_floats(value: Any) -> Any:
+    """Copy of `value` with every non-finite float as {"__float__": "nan" | "inf" | "-inf"} (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT_KEY: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {k: encode_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_floats(v) for v in value]
+    return value
+
+
+def _decode_float(obj: dict) -> Any:
+    """json object_hook: {"__float__": "nan"} back to the float; any other object unchanged."""
+    if len(obj) == 1 and isinstance(obj.get(_FLOAT_KEY), str) and obj[_FLOAT_KEY] in _NONFINITE:
+        return _NONFINITE[obj[_FLOAT_KEY]]
+    return obj
 
 
 def _is_good(path: Path) -> bool:
@@ -104,9 +128,9 @@ def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
     """Write the run state atomically as `run_dir/checkpoint.json`, keeping the previous one."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if "format_version" in state and state["format_version"] != FORMAT_VERSION:
+    if "format_version" in state and state["format_version"] not in READABLE_VERSIONS:
         raise CheckpointError(f"cannot save a checkpoint of format version {state['format_version']!r}")
-    text = json.dumps({**state, "format_version": FORMAT_VERSION}, indent=1)
+    text = json.dumps(encode_floats({**state, "format_version": FORMAT_VERSION}), indent=1, allow_nan=False)
     current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
     for stale in run_dir.glob(".checkpoint.*.tmp"):  # left by a save that was killed (one writer per run)
         stale.unlink(missing_ok=True)
@@ -163,9 +187,10 @@ def python_rng_from_json(data: list) -> tuple:
 
 
 def capture_rng(py: random.Random | None = None, torch: bool | None = None) -> dict:
-    """All RNG states as JSON: python (`py` or the global one), numpy global, torch CPU.
+    """All RNG states as JSON: python (`py` or the global one), numpy global, torch CPU, torch CUDA.
 
-    torch=None captures torch only if it is already imported (the state of an unused generator is moot).
+    torch=None captures torch only if it is already imported, and CUDA only if this process has initialised
+    it (the state of an unused generator is moot, and asking for it would create a CUDA context per GPU).
     """
     state: dict[str, Any] = {"python": python_rng_to_json((py or random).getstate())}
     try:
@@ -179,6 +204,8 @@ def capture_rng(py: random.Random | None = None, torch: bool | None = None) -> d
         import torch as th
 
         state["torch"] = [int(b) for b in th.get_rng_state().tolist()]
+        if th.cuda.is_available() and th.cuda.is_initialized():
+            state["cuda"] = [[int(b) for b in s.tolist()] for s in th.cuda.get_rng_state_all()]
     return state
 
 
@@ -195,5 +222,20 @@ def restore_rng(state: dict, py: random.Random | None = None) -> None:
             import torch as th
 
             th.set_rng_state(th.tensor(state["torch"], dtype=th.uint8))
+        if state.get("cuda"):
+            _restore_cuda(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"bad RNG state in checkpoint: {type(exc).__name__}: {exc}") from None
+
+
+def _restore_cuda(states: list) -> None:
+    """Set the CUDA generators saved by `capture_rng` (as many devices as exist here; none without CUDA)."""
+    import torch as th
+
+    if not th.cuda.is_available():
+        return  # resumed on a machine without CUDA: nothing here draws from those generators
+    have = th.cuda.device_count()
+    if have < len(states):
+        warnings.warn(f"checkpoint holds the RNG states of {len(states)} CUDA devices, this machine has {have}; "
+                      f"restoring the first {have}", stacklevel=3)
+    th.cuda.set_rng_state_all([th.tensor(s, dtype=th.uint8) for s in states[:have]])

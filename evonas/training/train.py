@@ -4,6 +4,9 @@
 gives status `failed` with the message; a NaN/inf loss, a loss above the ceiling or an exploding gradient
 norm stops training with status `diverged` and the reason. Bad settings raise ConfigError and bad data
 DataError before any training. Same seed + epoch/step budget on CPU => the same result, bit for bit.
+Running out of GPU memory (`torch.cuda.OutOfMemoryError`, while building or training) gives status `failed`
+with the reason "out of GPU memory on cuda:N ...", and the memory is handed back to the device, so an
+evaluation sharing the GPU with others (evals_per_gpu > 1) fails alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from evonas.cells import Node, canonical_text, to_text
 from evonas.errors import CellError, CellSyntaxError
 from evonas.nn.model import CellModel, count_params, detach_state
 from evonas.training.config import EvalResult, TrainConfig
-from evonas.training.device import resolve_device
+from evonas.training.device import limit_gpu_memory, resolve_device
 from evonas.training.tasks import get_task
 from evonas.training.tasks.base import Task
 
@@ -113,6 +116,7 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
         config = TrainConfig.from_dict(config)
     config.validate()
     device = resolve_device(config.device)
+    limit_gpu_memory(device)
     task = get_task(config.task, config.data, config.level)
     s = settings(config, task)
     label = cell if isinstance(cell, str) else to_text(cell)
@@ -128,11 +132,14 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
         model = CellModel(node, task.input_kind, task.n_inputs, task.n_outputs, s.hidden, config.layers, s.tie,
                           config.dropout_emb, config.dropout_in, config.dropout_h, config.dropout_out,
                           config.dropout_w).to(device)
+    except torch.cuda.OutOfMemoryError as e:
+        return _out_of_memory(EvalResult(cell=label, status="failed"), device, str(e), t0)
     except Exception as e:  # any build problem is recorded as a failed cell, with its message
         return EvalResult(cell=label, status="failed", reason=f"build: {type(e).__name__}: {e}",
                           seconds=time.perf_counter() - t0)
     result = EvalResult(cell=label, status="ok", params=count_params(model))
     loop: _Loop | None = None
+    oom: str | None = None
     try:
         loop = _Loop(model, task, config, s, device, result, progress, state_out)
         if state_in is not None:
@@ -140,16 +147,33 @@ def evaluate(cell: str | Node, config: TrainConfig, progress: Progress | None = 
         loop.run()
     except Diverged as e:
         result.status, result.reason = "diverged", str(e)
+    except torch.cuda.OutOfMemoryError as e:  # its traceback (holding activations) is dropped below
+        oom = str(e)
     except Exception as e:  # training crashed: a failed evaluation with the message, never a crash of the caller
         result.status, result.reason = "failed", f"training: {type(e).__name__}: {e}"
     if loop is not None:
         result.steps, result.epochs = loop.step, round(loop.epochs_done(), 4)
+    if oom is not None:
+        loop = model = None  # the weights, optimizer state and activations go back to the device
+        return _out_of_memory(result, device, oom, t0)
     result.seconds = time.perf_counter() - t0
     result.cpu_seconds = time.process_time() - cpu0
     if result.status != "ok":
         result.test_loss = result.test_ppl = None
         if result.valid_loss is not None and not math.isfinite(result.valid_loss):
             result.valid_loss = result.valid_ppl = None
+    return result
+
+
+def _out_of_memory(result: EvalResult, device: torch.device, message: str, t0: float) -> EvalResult:
+    """The failed result of an evaluation that ran out of GPU memory; frees this process's cached memory."""
+    first = (message.strip().splitlines() or [""])[0]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    result.status = "failed"
+    result.reason = f"out of GPU memory on {device} (lower evals_per_gpu, hidden or batch_size): {first[:200]}"
+    result.valid_loss = result.valid_ppl = result.test_loss = result.test_ppl = None
+    result.seconds = time.perf_counter() - t0
     return result
 
 
