@@ -15,6 +15,11 @@ Output (under --out): results.json (all curves), efficiency.md (table + ratio), 
 run folder per (task, method, seed) that `evonas report` can read. A finished run folder is reused when the
 script is run again with the same settings (delete it to retrain).
 
+Cost: every table also counts what each run spent in CPU-seconds of training (`cpu_seconds` of its archive
+rows) and the best validation loss at the FULL budget each method reached within the CPU-seconds of the cheapest
+run of the task (`--fidelity` gives the evolution methods successive-halving rungs, whose last rung is the full
+budget; their lower-rung results are cheaper but do not count as full-budget results).
+
 Examples (the runs in the README; 60 cells, 3 seeds; JSB takes 4-15 minutes per run on 2 shared cores):
   .venv/bin/python benchmarks/search_efficiency.py --tasks synthetic --steps 300 --cells 60 --population 12 \
       --offspring 8 --seeds 3 --out se_synthetic
@@ -82,6 +87,7 @@ def run_config(task: str, data: str | None, seed: int, surrogate: str, args: arg
         "offspring": args.offspring, "workers": args.workers, "device": "cpu", "surrogate": surrogate,
         "seed_cells": list(args.seed_cells), "screen_factor": args.screen_factor, "eval_timeout": args.timeout,
         "surrogate_ensemble": args.surrogate_ensemble,
+        **({"fidelity": {"rungs": args.rungs, "eta": 3}} if args.rungs else {}),
     })
 
 
@@ -153,6 +159,8 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
     """One (task, method, seed) run in its folder; returns its best-so-far curve and counts."""
     run_dir = root / task / method / f"seed{seed}"
     budget = train_budget(task, data, seed, args)
+    if args.rungs and args.rungs[-1] != budget.get("steps" if task == "synthetic" else "epochs"):
+        raise SystemExit(f"--fidelity: the last rung ({args.rungs[-1]}) must be the full budget of {task}")
     surrogate = args.surrogate if method.endswith("+sur") else "none"
     cfg = run_config(task, data, seed, surrogate, args)
     marker = run_dir / DONE
@@ -180,12 +188,22 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
         marker.write_text(json.dumps({"settings": settings, "seconds": round(time.monotonic() - t0, 1)}))
     with Archive(run_dir, create=False) as a:
         rows = a.rows()
-    curve = best_so_far(rows)[: args.cells]
+    full = budget.get("steps") if task == "synthetic" else budget.get("epochs")
+    unit = "steps" if task == "synthetic" else "epochs"
+    curve = best_so_far(rows)[: args.cells] if not args.rungs or not method.startswith("evo") else \
+        best_so_far([r for r in rows if r["budget"].get(unit) == full])[: args.cells]
+    cost, spent, best_full = [], 0.0, None  # (CPU-seconds so far, best full-budget loss so far) per result
+    for r in rows:
+        spent += float(r["metrics"].get("cpu_seconds") or r["seconds"] or 0.0)
+        if r["budget"].get(unit) == full and r["status"] == "ok" and r["valid_loss"] is not None:
+            best_full = r["valid_loss"] if best_full is None else min(best_full, r["valid_loss"])
+        cost.append((spent, best_full))
     taus = []
     log = run_dir / "logbook.jsonl"
     if log.exists():
         taus = [json.loads(line).get("tau") for line in log.read_text().splitlines() if line.strip()]
-    return {"curve": curve, "trained": len(rows), "failures": sum(r["status"] != "ok" for r in rows),
+    return {"curve": curve, "cost": cost, "cpu": spent, "trained": len(rows),
+            "failures": sum(r["status"] != "ok" for r in rows),
             "seconds": json.loads(marker.read_text())["seconds"], "taus": taus, "dir": str(run_dir)}
 
 
@@ -218,6 +236,33 @@ def summarise(task: str, res: dict[str, list[dict]], n: int) -> list[str]:
         tau = f"{statistics.fmean(taus):+.3f} (n={len(taus)})" if taus else "–"
         lines.append(f"| {label} | {mean_sd(finals)} | {statistics.fmean([r['failures'] for r in runs]):.1f} | "
                      f"{statistics.fmean([r['seconds'] for r in runs]):.0f} | {tau} |" if runs else f"| {label} | – |")
+    budget = min((r["cpu"] for runs in res.values() for r in runs), default=0.0)
+    lines += ["", f"Cost: CPU-seconds of training per run, and the best full-budget validation loss within "
+              f"{budget:.0f} CPU-seconds (the cheapest run of this task):", "",
+              "| method | CPU-seconds per run: mean ± sd | best full-budget loss within the budget | seeds that "
+              "reached any |", "|---|---|---|---|"]
+    within: dict[str, list[float | None]] = {}
+    for m, label in METHODS.items():
+        runs = res.get(m, [])
+        if not runs:
+            continue
+        within[m] = [next((b for s, b in reversed(r["cost"]) if s <= budget + 1e-9), None) for r in runs]
+        got = [v for v in within[m] if v is not None]
+        cpus = [r["cpu"] for r in runs]
+        sd = statistics.stdev(cpus) if len(cpus) > 1 else 0.0
+        lines.append(f"| {label} | {statistics.fmean(cpus):.0f} ± {sd:.0f} | {mean_sd(got)} | "
+                     f"{len(got)}/{len(runs)} |")
+    if within.get("evo+sur") and within.get("random") and len(within["random"]) > 1:
+        pairs = [(x, y) for x, y in zip(within["random"], within["evo+sur"], strict=True)
+                 if x is not None and y is not None]
+        if len(pairs) > 1:
+            from scipy.stats import ttest_rel
+
+            p = ttest_rel([y for _, y in pairs], [x for x, _ in pairs], alternative="less").pvalue
+            diff = [x - y for x, y in pairs]
+            lines.append(f"\n(d) - (a) within the budget, paired over {len(pairs)} seeds: (a) minus (d) = "
+                         f"{statistics.fmean(diff):+.4f} ± {statistics.stdev(diff):.4f}, one-sided paired t-test "
+                         f"p = {p:.3g}")
     a, d = res.get("random", []), res.get("evo+sur", [])
     if a and d:
         lines += ["", "Cells (d) needs to reach (a)'s final best (same seed). All methods with one seed share the "
@@ -266,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--surrogate-ensemble", type=int, default=1,
                    help="models in the screen (1 reproduces the README's table; `evonas evolve` defaults to 3)")
     p.add_argument("--screen-factor", type=int, default=4)
+    p.add_argument("--fidelity", default="", help="rungs for the evolution methods, e.g. 100,300,1500 (the last "
+                   "must be the full budget: --steps on synthetic, --jsb-epochs on JSB)")
     p.add_argument("--seed-cells", default="", help="comma list of library cells every method trains first")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--workers", type=int, default=1)
@@ -276,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="train nothing: rebuild the table and curves from the finished run folders under --out")
     args = p.parse_args(argv)
     args.seed_cells = [s for s in args.seed_cells.split(",") if s]
+    args.rungs = [int(x) for x in args.fidelity.split(",") if x]
     if (args.cells - args.population) % args.offspring or args.cells <= args.population:
         p.error("--cells minus --population (and seed cells) must be a positive multiple of --offspring")
     args.gens = (args.cells - args.population) // args.offspring
