@@ -117,3 +117,13 @@ def test_bad_fidelity_settings_are_one_line_errors():
         RunConfig.from_dict({"lrs": [0.01, -1]})
     with pytest.raises(ConfigError, match="match_params"):
         RunConfig.from_dict({"match_params": "no_such_cell"})
+
+
+def test_the_rung_unit_is_the_tasks_own_unless_said():
+    assert RunConfig.from_dict({"task": "music", "fidelity": {"rungs": [2, 6]}}).fidelity_unit() == "epochs"
+    assert RunConfig.from_dict({"fidelity": {"rungs": [2, 6]}}).fidelity_unit() == "steps"  # synthetic
+    assert RunConfig.from_dict({"task": "music", "train": {"steps": 9}, "fidelity": {"rungs": [2]}}).fidelity_unit() \
+        == "steps"
+    budgets = RunConfig.from_dict({"task": "music", "data": "x.json", "fidelity": {"rungs": [2, 6]}}).rung_budgets(
+        {"task": "music", "steps": None, "epochs": 30})
+    assert [(b["epochs"], b["steps"]) for b in budgets] == [(2, None), (6, None)]

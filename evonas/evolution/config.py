@@ -206,10 +206,15 @@ class RunConfig:
     # ------------------------------------------------------------ derived settings
 
     def fidelity_unit(self) -> str:
-        """The unit of the rung budgets: the config's `fidelity.unit`, else epochs when `train` sets epochs."""
+        """The unit of the rung budgets: the config's `fidelity.unit`, else the unit `train` sets (epochs or
+        steps), else the task's own: steps for the synthetic task, epochs for text and music."""
         if self.fidelity and self.fidelity.get("unit"):
             return self.fidelity["unit"]
-        return "epochs" if self.train.get("epochs") is not None else "steps"
+        if self.train.get("epochs") is not None:
+            return "epochs"
+        if self.train.get("steps") is not None:
+            return "steps"
+        return "steps" if self.task == "synthetic" else "epochs"
 
     def eta(self) -> int:
         """Successive halving's reduction factor (1/eta of the cells go on to the next rung)."""

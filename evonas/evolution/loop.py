@@ -320,6 +320,7 @@ class Search:
                 self.evaluator.run(jobs, functools.partial(self._on_result, res, arm_of))
             losses = [_loss(res[a][r]) for a in alive]
             summary.append({"rung": r, "budget": budget.get(self.cfg.fidelity_unit()) if self.cfg.fidelity else None,
+                            "unit": self.cfg.fidelity_unit(),
                             "trained": len(alive), "best": min(losses, default=None)})
             if r:
                 went_on = [a for a in alive if math.isfinite(_loss(res[a][r - 1]))]
