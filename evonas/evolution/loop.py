@@ -27,7 +27,7 @@ from evonas.evolution.config import RunConfig
 from evonas.evolution.genome import make_individual, to_node
 from evonas.evolution.operators import breed
 from evonas.evolution.progress import Progress
-from evonas.evolution.select import HallOfFame, set_fitness, usable
+from evonas.evolution.select import HallOfFame, rank_key, set_fitness, usable
 from evonas.evolution.toolbox import make_toolbox
 from evonas.reporting.optuna_study import export_study
 from evonas.store.archive import Archive, budget_json, json_safe
@@ -219,10 +219,12 @@ class Search:
         else:
             self.population = self.selector.survivors(self.population, parents, self.cfg.population)
         self.hof.update(parents)
-        losses = sorted(results[i.key]["valid_loss"] for i in chosen if usable(i))
+        ranked = sorted((i for i in chosen if usable(i)), key=rank_key)  # highest rung first, then loss
+        first_losses = sorted(v for i in chosen if (v := _loss(first[i.key])) < math.inf)
         entry = {"gen": g, "trained": len(chosen), "reused": reused,
                  "failures": sum(results[i.key].get("status") != "ok" for i in chosen),
-                 "best": losses[0] if losses else None, "median": statistics.median(losses) if losses else None,
+                 "best": ranked[0].fitness.values[0] if ranked else None,
+                 "median": statistics.median(first_losses) if first_losses else None,  # of the first rung
                  "best_ever": self.hof.items[0].fitness.values[0] if len(self.hof) else None,
                  "tau": tau, "seconds": round(time.monotonic() - t0, 2), **info}
         self.logbook.append(entry)

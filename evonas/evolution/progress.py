@@ -27,11 +27,21 @@ def _loss(v: object) -> str:
 
 def summary_line(entry: dict) -> str:
     """One generation's logbook entry as a line for people:
-    `gen 2  trained 6  failed 1  best 0.5312 (best ever 0.5201)  tau 0.41  12.3 s`."""
+    `gen 2  trained 6  failed 1  best 0.5312 (best ever 0.5201)  tau 0.41  12.3 s`, or with rungs
+    `gen 2  cells 6  rungs 40 steps: 6, 120: 2, 360: 1  failed 1  best ...` (best: at the highest rung)."""
     reused = entry.get("reused") or 0
-    parts = [f"gen {entry.get('gen')}", f"trained {entry.get('trained', 0) - reused}"]
-    if reused:
-        parts.append(f"from archive {reused}")
+    rungs = entry.get("rungs") or []
+    if rungs:  # multi-fidelity: cells per rung, e.g. `rungs 40 steps: 6, 120: 2, 360: 1`
+        unit = rungs[0].get("unit", "")
+        ladder = ", ".join(f"{r.get('budget')}{' ' + unit if i == 0 else ''}: {r.get('trained')}"
+                           for i, r in enumerate(rungs))
+        parts = [f"gen {entry.get('gen')}", f"cells {entry.get('trained', 0)}", f"rungs {ladder}"]
+        if reused:
+            parts.append(f"results from archive {reused}")
+    else:
+        parts = [f"gen {entry.get('gen')}", f"trained {entry.get('trained', 0) - reused}"]
+        if reused:
+            parts.append(f"from archive {reused}")
     parts.append(f"failed {entry.get('failures', 0)}")
     parts.append(f"best {_loss(entry.get('best'))} (best ever {_loss(entry.get('best_ever'))})")
     tau = entry.get("tau")
