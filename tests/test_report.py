@@ -61,13 +61,15 @@ def test_report_has_every_section_and_embedded_images(run_dir):
     path = write_report(run_dir)
     assert path == run_dir / "report.html"
     page = path.read_text()
-    assert _sections(page) == {"best-so-far", "surrogate", "operators", "top-cells", "failures"}
+    assert _sections(page) == {"confirmation", "best-so-far", "surrogate", "rungs", "operators", "top-cells",
+                               "failures"}
+    assert "This run has not been confirmed: <code>evonas confirm" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 4
+    assert len(images) == 5
     for b64 in images:
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'src="http' not in page and "<link" not in page  # self-contained
-    for name in ("best_so_far", "surrogate", "operators", "failures"):
+    for name in ("best_so_far", "surrogate", "rungs", "operators", "failures"):
         assert (run_dir / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert page.count('<div class="cell">') == 10
     for seed in ("tanh_rnn", "lstm", "gru"):
