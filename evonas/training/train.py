@@ -157,10 +157,12 @@ class _Loop:
         self.model, self.task, self.cfg, self.s, self.device = model, task, cfg, s, device
         self.result, self.progress = result, progress
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # foreach: one multi-tensor kernel per update term instead of one per parameter (same arithmetic)
         if s.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay)
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay,
+                                                              foreach=True)
         else:
-            self.opt = torch.optim.Adam(self.params, lr=s.lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.Adam(self.params, lr=s.lr, weight_decay=cfg.weight_decay, foreach=True)
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.epoch = 0
@@ -234,7 +236,8 @@ class _Loop:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf))
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf,
+                                                    foreach=True))
         if not math.isfinite(norm):
             raise Diverged(f"gradient norm is {norm} at step {self.step}")
         if norm > self.cfg.grad_ceiling:
