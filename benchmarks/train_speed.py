@@ -36,6 +36,7 @@ GRU_PYTORCH = (
 )
 DEFAULT_BUDGET = {"task": "synthetic", "hidden": 32, "steps": 200, "threads": 1, "device": "cpu", "seed": 0}
 JSB_BUDGET = {"task": "music", "hidden": 64, "epochs": 5, "threads": 1, "device": "cpu", "seed": 0}
+SHARED_JSB = Path("/work/shared/data/jsb_chorales/jsb-chorales-quarter.json")  # where the issue keeps it
 PHASES = ("start-up", "data", "forward", "backward", "optimizer", "validation", "other")
 
 
@@ -330,7 +331,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7, help="interleaved repeats per training-step timing")
     ap.add_argument("--eval-repeats", type=int, default=3, help="runs per evaluation measurement")
-    ap.add_argument("--data", default=str(JSB) if JSB.is_file() else None, help="JSB chorales JSON (default: shared)")
+    jsb = next((str(p) for p in (JSB, SHARED_JSB) if p.is_file()), None)
+    ap.add_argument("--data", default=jsb, help="JSB chorales JSON (default: the shared copy, when present)")
     ap.add_argument("--baseline", help="another source tree (holding evonas/) to time evaluations against")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, cells and repeats; synthetic only")
     ap.add_argument("--only", choices=("steps", "evals"), help="run one part only")
