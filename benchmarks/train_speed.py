@@ -107,7 +107,9 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
 
     out = {"nn.LSTM": trainer(TorchModel(nn.LSTM)), "nn.GRU": trainer(TorchModel(nn.GRU))}
     for name, text in cells.items():
-        out[name] = trainer(CellModel(resolve(text), task.input_kind, task.n_inputs, task.n_outputs, hidden))
+        model = CellModel(resolve(text), task.input_kind, task.n_inputs, task.n_outputs, hidden)
+        model.cells[0].use_fused = name != "LSTM(plan)"  # the generic plan, not PyTorch's kernel
+        out[name] = trainer(model)
     return out
 
 
@@ -133,12 +135,14 @@ def step_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rand = random_cell_texts(args.random)
-    cells = {"LSTM": LSTM, "GRU(pt)": GRU_PYTORCH, "GRU": "gru", **{f"rand{i + 1}": t for i, t in enumerate(rand)}}
-    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM "
-          "(GRU(pt): the PyTorch-form GRU, and GRU: the library GRU, to nn.GRU)")
+    cells = {"LSTM": LSTM, "LSTM(plan)": LSTM, "GRU(pt)": GRU_PYTORCH, "GRU": "gru",
+             **{f"rand{i + 1}": t for i, t in enumerate(rand)}}
+    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM\n"
+          "   (LSTM(plan): the LSTM on the generic plan, not PyTorch's kernel; GRU(pt): the PyTorch-form GRU,\n"
+          "   and GRU: the library GRU, to nn.GRU)")
     for i, t in enumerate(rand):
         print(f"   rand{i + 1} = {t}")
-    tasks = [("synthetic", None)] + ([("music", args.data)] if args.data else [])
+    tasks = [t for t in [("synthetic", None), ("music", args.data)] if t[0] in args.tasks and (t[1] or t[0] != "music")]
     sizes = [(h, b) for h in args.hidden for b in args.batch]
     head = f"  {'task':9s} {'B':>3s} {'H':>4s} {'nn.LSTM':>9s} {'nn.GRU':>8s}  " + " ".join(f"{n:>7s}" for n in cells)
     print(head)
@@ -336,12 +340,14 @@ def main() -> None:
     ap.add_argument("--baseline", help="another source tree (holding evonas/) to time evaluations against")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, cells and repeats; synthetic only")
     ap.add_argument("--only", choices=("steps", "evals"), help="run one part only")
+    ap.add_argument("--tasks", default="synthetic,music", help="tasks of the training-step table")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     args.hidden, args.batch, args.random, args.big = [32, 64, 128], [8, 32], 5, True
+    args.tasks = args.tasks.split(",")
     if args.quick:
         args.hidden, args.batch, args.random, args.data = [32, 128], [32], 2, None
         args.repeats, args.eval_repeats = min(args.repeats, 5), 1
