@@ -3,8 +3,8 @@
 1. Training step (forward, loss, backward, gradient clipping, Adam step) of the model around a cell
    (`CellModel`) against the same model around `torch.nn.LSTM` / `nn.GRU`, in one process, one thread,
    interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the library GRU, and five
-   random cells, at hidden 32/64/128, batch 8/32, T=35, on the synthetic task and on JSB chorales (real
-   batches cut to 35 steps); plus the LSTM at B=64 H=650.
+   random cells over the core operators (those of the default search), at hidden 32/64/128, batch 8/32,
+   T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps); plus the LSTM at B=64 H=650.
 2. Whole evaluations at the default search budget (configs/default.yaml: synthetic, hidden 32, 200 steps,
    one thread) and at JSB's rung 0 (configs/jsb.yaml: hidden 64, 5 epochs): CPU seconds per evaluation,
    cold (`evonas train ... --json` in a fresh process: interpreter, imports, data, training) and warm (a
@@ -41,20 +41,30 @@ PHASES = ("start-up", "data", "forward", "backward", "optimizer", "validation", 
 
 
 def random_cell_texts(count: int, seed: int = 0) -> list[str]:
-    """`count` random well-formed cells passing the search filters (those of benchmarks/cell_speed.py)."""
-    from cell_speed import random_cells
+    """`count` random cells over the core operators (the default search's), 12..21 nodes, passing its filters."""
+    import random
 
-    from evonas.cells import check, to_text
+    from evonas.cells import CORE, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
     from evonas.errors import CellError
 
-    found = []
-    for cell in random_cells(seed, 20 * count):
+    rng, ops, found = random.Random(seed), sorted(CORE), []
+
+    def grow(depth: int) -> Node:
+        if depth == 0 or rng.random() < 0.2:
+            return Node(rng.choice(SOURCES))
+        op = rng.choice([*ops, "MM", "MM", "Add", "Mult"])
+        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
+
+    while len(found) < count:
+        cell = grow(6)
+        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
+            continue
         try:
             check(cell, 7, 11)  # typed for any sizes, as the library and `evonas train` require
         except CellError:
             continue
         found.append(to_text(cell))
-    return found[:count]
+    return found
 
 
 # ---------------------------------------------------------------- 1. training steps, in this process
