@@ -221,7 +221,8 @@ class _Loop:
 
     def train_step(self, batch: Any, state: Any) -> Any:
         """One optimizer step on one batch; raises Diverged on a bad loss or gradient."""
-        self.model.train()
+        if not self.model.training:  # train() walks every module: only after a validation switched to eval()
+            self.model.train()
         logits, state = self.model(batch.x, detach_state(state))
         total, count = self.task.loss_sum(logits, batch)
         loss = total / count.clamp(min=1)
@@ -234,7 +235,8 @@ class _Loop:
             self.s.loss_ceiling = max(self.s.loss_ceiling, 2.0 * value)
         if value > self.s.loss_ceiling:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
-        self.opt.zero_grad(set_to_none=True)
+        for p in self.params:  # = opt.zero_grad(set_to_none=True), without its per-call torch._dynamo wrapper
+            p.grad = None
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf,
                                                     foreach=True))
