@@ -249,7 +249,7 @@ class _Loop:
         self.train_loss = value
         return state
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no_grad without version counting: validation tensors never reach autograd
     def split_loss(self, split: str) -> float:
         """Mean loss over a whole split (state carried between chunks for stream tasks)."""
         self.model.eval()
