@@ -182,7 +182,8 @@ def child_env(tree: Path | None) -> dict[str, str]:
 def run_child(argv: list[str], tree: Path | None) -> tuple[float, str]:
     """Run a child process; return its CPU seconds (user + system) and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, env=child_env(tree), capture_output=True, text=True, check=False, cwd=REPO)
+    # cwd: `python -c` puts the working directory first on sys.path, so it decides which evonas is imported
+    proc = subprocess.run(argv, env=child_env(tree), capture_output=True, text=True, check=False, cwd=tree or REPO)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{argv[:4]} failed: {proc.stderr.strip()[-2000:]}")
