@@ -6,8 +6,9 @@ likewise in pre-order. `forward(x[T, B, I], state=None) -> (h[T, B, H], (h_T, c_
 Within one call steps are numbered t = 0, 1, ...: `x_prev` is zeros and `PosEnc` adds P_0 at t = 0, so a
 sequence run in chunks with carried state equals the whole run only for cells without `x_prev`/`PosEnc`.
 
-`forward` runs PyTorch's fused kernel when the cell is exactly the LSTM or the PyTorch-form GRU
-(`evonas.nn.fused`; `module.use_fused = False` turns that off), else the fast plan of `evonas.nn.fast`
+`forward` runs PyTorch's fused kernel when the cell is exactly the LSTM or the PyTorch-form GRU and runs on
+the CPU (`evonas.nn.fused`; `module.use_fused = False` turns that off; on CUDA, cuDNN would copy the
+stacked weights into its own layout, not measured yet), else the fast plan of `evonas.nn.fast`
 (grouped, hoisted MMs); `reference_forward` is the plain node-by-node evaluator that the tests and
 `benchmarks/cell_speed.py` compare it against.
 """
@@ -106,7 +107,7 @@ class CompiledCell(nn.Module):
         h, c = self.initial_state(x, state)
         if x.shape[0] == 0:
             return x.new_zeros(0, x.shape[1], self.hidden_size), (h, c)
-        if self.fused is not None and self.use_fused:
+        if self.fused is not None and self.use_fused and x.device.type == "cpu":
             out, h, c = fused_forward(self.fused, self.mm, x, h, c, self.training)
         else:
             out, h, c = fast_forward(self.plan, self, x, h, c)

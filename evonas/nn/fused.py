@@ -1,7 +1,8 @@
 """PyTorch's fused recurrent kernels for the cells that are exactly the LSTM or the PyTorch-form GRU.
 
 A compiled cell whose canonical form is the LSTM, or the GRU as PyTorch writes it (the reset gate applied
-after the recurrent MM), runs through `torch._VF.lstm` / `torch._VF.gru` (oneDNN on CPU, cuDNN on GPU):
+after the recurrent MM), runs through `torch._VF.lstm` / `torch._VF.gru`, the kernels behind `nn.LSTM` /
+`nn.GRU` (the whole time loop in C++; the compiled cell uses them on the CPU only, see `evonas.nn.compiler`):
 the same function, with the weights of `module.mm` stacked in PyTorch's gate order inside each forward, so
 gradients reach the contract's parameters. Every other cell runs the plan of `evonas.nn.fast`.
 `match(cell)` finds which MM of the cell is which gate by matching a pattern, trying both argument orders of
