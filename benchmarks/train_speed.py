@@ -1,10 +1,11 @@
 """Training speed at the search's own sizes: whole training steps, whole evaluations, and where the time goes.
 
-1. Training step (forward, loss, backward, gradient clipping, Adam step) of the model around a cell
-   (`CellModel`) against the same model around `torch.nn.LSTM` / `nn.GRU`, in one process, one thread,
-   interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the library GRU, and five
-   random cells over the core operators (those of the default search), at hidden 32/64/128, batch 8/32,
-   T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps); plus the LSTM at B=64 H=650.
+1. Training step (forward, loss, backward, gradient clipping, foreach Adam step: the training loop's step)
+   of the model around a cell (`CellModel`) against the same model around `torch.nn.LSTM` / `nn.GRU`, in
+   one process, one thread, interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the
+   library GRU, and five random cells over the core operators (those of the default search), at hidden
+   32/64/128, batch 8/32, T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps);
+   plus the LSTM at B=64 H=650.
 2. Whole evaluations at the default search budget (configs/default.yaml: synthetic, hidden 32, 200 steps,
    one thread) and at JSB's rung 0 (configs/jsb.yaml: hidden 64, 5 epochs): CPU seconds per evaluation,
    cold (`evonas train ... --json` in a fresh process: interpreter, imports, data, training) and warm (a
@@ -100,17 +101,19 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
             return self.decoder(self.rnn(self.encoder(x))[0]), None
 
     def trainer(model: nn.Module) -> Callable[[], None]:
+        """The step of evonas' training loop (`_Loop.train_step`), the same for every contender."""
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=1e-3)
+        opt = torch.optim.Adam(params, lr=1e-3, foreach=True)
 
         def run() -> None:
             logits, _ = model(b.x)
             total, count = task.loss_sum(logits, b)
             loss = total / count.clamp(min=1)
             float(loss.detach())
-            opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             loss.backward()
-            float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            float(torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
             opt.step()
 
         return run
