@@ -249,6 +249,16 @@ class Plan:
                 s[store].append(operand)
                 s[out : out + k] = addmm(s[term], operand, s[w]).chunk(k, 1)  # chunk: no Python-level split
 
+        elif len(runs) == 1:  # one activation over the whole product
+            fn = runs[0][0]
+            assert fn is not None
+
+            def run(s: Slots) -> None:
+                operand = s[a]
+                s[store].append(operand)
+                value = fn(addmm(s[term], operand, s[w]))
+                s[out : out + k] = value.chunk(k, 1) if k > 1 else (value,)
+
         else:
             sizes = [n * hidden for _, n in runs]
 
