@@ -217,14 +217,15 @@ def worker(spec: dict) -> dict:
     first = time.process_time()
     train.evaluate(spec["cells"][0], cfg)
     t_first = time.process_time() - first
-    warm, losses = [], []
+    warm, losses, statuses = [], [], []
     for cell in spec["cells"]:
         start = time.process_time()
         r = train.evaluate(cell, cfg)
         warm.append(time.process_time() - start)
         losses.append(r.valid_loss)
+        statuses.append(r.status)
     return {"import_torch": t_torch, "import": t_import, "first_eval": t_first, "warm": warm, "losses": losses,
-            "phases": profile_phases(train, spec["cells"][0], cfg)}
+            "statuses": statuses, "phases": profile_phases(train, spec["cells"][0], cfg)}
 
 
 def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
@@ -312,16 +313,19 @@ def eval_table(args: argparse.Namespace) -> None:
                 spec = json.dumps({"budget": budget, "cells": cells})
                 _, out = run_child([sys.executable, me, "--worker", spec], trees[tree])
                 warm[tree].append(json.loads(out.strip().splitlines()[-1]))
-        print(f"\n2. evaluations at the {label} budget {budget}; CPU seconds, median of {args.eval_repeats} runs")
+        print(f"\n2. evaluations at the {label} budget {budget}; CPU seconds, median of {args.eval_repeats} runs",
+              flush=True)
         print(f"  {'tree':10s} {'cold LSTM':>10s} {'evals/CPU-min':>13s} {'warm mean':>10s} {'evals/CPU-min':>13s}  "
-              "warm per cell (lstm, gru, rand...)")
+              "warm per cell (lstm, gru, rand...; * = diverged or failed, left out of the mean)")
         rate = {}
         for tree in trees:
             per_cell = [statistics.median(w["warm"][i] for w in warm[tree]) for i in range(len(cells))]
-            mean = statistics.fmean(per_cell)
+            ok = [status == "ok" for status in warm[tree][0].get("statuses", ["ok"] * len(cells))]
+            mean = statistics.fmean(t for t, good in zip(per_cell, ok, strict=True) if good)
             rate[tree] = (60 / statistics.median(cold[tree]), 60 / mean)
+            marked = " ".join(f"{t:.2f}{'' if ok[i] else '*'}" for i, t in enumerate(per_cell))
             print(f"  {tree:10s} {statistics.median(cold[tree]):9.2f}s {rate[tree][0]:13.1f} {mean:9.2f}s "
-                  f"{rate[tree][1]:13.1f}  " + " ".join(f"{c:.2f}" for c in per_cell))
+                  f"{rate[tree][1]:13.1f}  {marked}")
         if args.baseline:
             now, before = rate["this tree"], rate["baseline"]
             print(f"  speed-up (this tree / baseline, evals per CPU-minute): cold {now[0] / before[0]:.2f}x, "
