@@ -313,11 +313,18 @@ def assert_fast_equals_reference(cell: Node | str, inp: int, hid: int) -> None:
     if module.plan.memory is not None:
         c0 = torch.randn(3, hid, dtype=torch.float64, requires_grad=True)
     wrt = [x, h0, *([c0] if c0 is not None else []), *module.parameters()]
-    got, (gh, gc) = module(x, (h0, c0))
-    grads_fast = torch.autograd.grad(got.tanh().sum(), wrt, allow_unused=True)
     want, (wh, wc) = reference_forward(module, x, (h0, c0))
     grads_ref = torch.autograd.grad(want.tanh().sum(), wrt, allow_unused=True)
-    msg = module.text
+    for use_fused in (True, False) if module.fused is not None else (False,):  # PyTorch's kernel and the plan
+        module.use_fused = use_fused
+        _assert_agree(module, x, (h0, c0), wrt, want, wc, grads_ref)
+
+
+def _assert_agree(module: CompiledCell, x: torch.Tensor, state: tuple, wrt: list, want: torch.Tensor,
+                  wc: torch.Tensor | None, grads_ref: tuple) -> None:
+    got, (gh, gc) = module(x, state)
+    grads_fast = torch.autograd.grad(got.tanh().sum(), wrt, allow_unused=True)
+    msg = f"{module.text} (fused: {module.use_fused})"
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
     if gc is not None or wc is not None:
         torch.testing.assert_close(gc, wc, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
@@ -327,6 +334,18 @@ def assert_fast_equals_reference(cell: Node | str, inp: int, hid: int) -> None:
             assert gr is None or not gr.any(), msg
         else:
             torch.testing.assert_close(gf, gr, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
+
+
+def test_fused_kernel_recognises_exactly_the_lstm_and_pytorch_gru() -> None:
+    """Any spelling of the LSTM / PyTorch-form GRU maps its MMs to PyTorch's gates; near misses do not match."""
+    swapped = LSTM.replace("Add(MM(x),MM(h_prev))", "Add(MM(h_prev),MM(x))")
+    for text in (LSTM, swapped, library_text("lstm")):
+        assert compile_cell(text, 3, 4).fused.kind == "lstm"
+    assert compile_cell(GRU_PYTORCH, 3, 4).fused.kind == "gru"
+    near = [library_text("gru"), LSTM.replace("c_prev", "h_prev"), LSTM.replace("Tanh(Memory", "Sigmoid(Memory"),
+            LSTM.replace("Mult(Sigmoid(Add(MM(x),MM(h_prev))),c_prev)", "Mult(Sigmoid(MM(x)),c_prev)")]
+    for text in near:
+        assert compile_cell(text, 3, 4).fused is None, text
 
 
 @pytest.mark.parametrize("text", PLAN_CASES)

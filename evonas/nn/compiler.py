@@ -6,8 +6,11 @@ likewise in pre-order. `forward(x[T, B, I], state=None) -> (h[T, B, H], (h_T, c_
 Within one call steps are numbered t = 0, 1, ...: `x_prev` is zeros and `PosEnc` adds P_0 at t = 0, so a
 sequence run in chunks with carried state equals the whole run only for cells without `x_prev`/`PosEnc`.
 
-`forward` runs the fast plan of `evonas.nn.fast` (grouped, hoisted MMs); `reference_forward` is the
-plain node-by-node evaluator that the tests and `benchmarks/cell_speed.py` compare it against.
+`forward` runs PyTorch's fused kernel when the cell is exactly the LSTM or the PyTorch-form GRU and runs on
+the CPU (`evonas.nn.fused`; `module.use_fused = False` turns that off; on CUDA, cuDNN would copy the
+stacked weights into its own layout, not measured yet), else the fast plan of `evonas.nn.fast`
+(grouped, hoisted MMs); `reference_forward` is the plain node-by-node evaluator that the tests and
+`benchmarks/cell_speed.py` compare it against.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from evonas.cells import Node, canonical, check, parse, preorder, to_text
 from evonas.cells.ops import INPUT_SOURCES
 from evonas.errors import CellError
 from evonas.nn.fast import Plan, fast_forward
+from evonas.nn.fused import fused_forward, match
 from evonas.nn.ops import ELEMENTWISE, position_encoding
 
 State = tuple[Tensor, Tensor | None]
@@ -69,6 +73,8 @@ class CompiledCell(nn.Module):
         self.diag = nn.ParameterList(_diag_vector(operand[id(n)]) for n in nodes if n.op == "Diag")
         self.layernorm = nn.ModuleList(nn.LayerNorm(operand[id(n)]) for n in nodes if n.op == "LayerNorm")
         self.plan = Plan(cell, input_size, hidden_size)
+        self.fused = match(cell)  # the LSTM or PyTorch-form GRU: which MM is which gate, else None
+        self.use_fused = True
 
     def __getstate__(self) -> dict:
         """Copy/pickle without the plan (it holds closures); `__setstate__` rebuilds it from the cell."""
@@ -101,7 +107,10 @@ class CompiledCell(nn.Module):
         h, c = self.initial_state(x, state)
         if x.shape[0] == 0:
             return x.new_zeros(0, x.shape[1], self.hidden_size), (h, c)
-        out, h, c = fast_forward(self.plan, self, x, h, c)
+        if self.fused is not None and self.use_fused and x.device.type == "cpu":
+            out, h, c = fused_forward(self.fused, self.mm, x, h, c, self.training)
+        else:
+            out, h, c = fast_forward(self.plan, self, x, h, c)
         return out, (h, c)
 
 

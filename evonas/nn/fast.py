@@ -27,6 +27,7 @@ from evonas.cells.ops import INPUT_SOURCES
 from evonas.nn.ops import ELEMENTWISE, finish_operands, position_encoding, weight_gradient_tap
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
+ACTIVATIONS = ("Sigmoid", "Tanh", "ReLU")  # applied by a group's step to a slice of its product (one call)
 Slots = list  # the per-forward value table: slot index -> tensor
 
 
@@ -107,6 +108,9 @@ class Plan:
                     addend, add = other[0], parents[0]
             group.fold.append(addend)
             group.adds.append(add)
+        self.acts: dict[int, int] = {}  # a dynamic MM (or folded Add) -> its only consumer, an activation
+        for g in self.dynamic_groups.values():
+            self._order_by_activation(g, consumers)
         # A dynamic group whose addends are exactly the members of one static group (the LSTM/GRU case):
         # compute its additive term directly as one product, weights ordered like the dynamic group.
         self.paired: dict[int, Group] = {}  # dynamic operand -> static group producing its additive term
@@ -121,6 +125,25 @@ class Plan:
             self.paired[op_vid] = Group(sg.operand, list(g.fold), [None] * len(g.fold), [None] * len(g.fold))
         for operand in used:
             del self.static_groups[operand]
+
+    def _order_by_activation(self, g: Group, consumers: dict[int, list[int]]) -> None:
+        """Record members whose value feeds only one activation, and put equal activations side by side.
+
+        One step then applies each activation once to a contiguous slice of the group's product (the GRU's
+        two sigmoid gates are one sigmoid) instead of once per member.
+        """
+        for m, add in zip(g.members, g.adds, strict=True):
+            out = add if add is not None else m
+            users = consumers.get(out, [])
+            if len(users) == 1 and self.values[users[0]].op in ACTIVATIONS and out not in (self.root, self.memory):
+                self.acts[out] = users[0]
+
+        def key(i: int) -> tuple[str, int]:
+            out = g.adds[i] if g.adds[i] is not None else g.members[i]
+            return (self.values[self.acts[out]].op if out in self.acts else "~", i)
+
+        order = sorted(range(len(g.members)), key=key)
+        g.members, g.fold, g.adds = ([seq[i] for i in order] for seq in (g.members, g.fold, g.adds))
 
     def _schedule(self) -> None:
         """Per-step instructions (closures over slot numbers) in dependency order."""
@@ -165,7 +188,10 @@ class Plan:
         elif v.op == "Memory":
             slot = self._emit(v.args[0])
         else:
-            slot = self._emit_op(v, [self._emit(a) for a in v.args])
+            args = [self._emit(a) for a in v.args]
+            if vid in self.slot_of:  # an activation applied by its group (see _order_by_activation)
+                return self.slot_of[vid]
+            slot = self._emit_op(v, args)
         self.slot_of[vid] = slot
         return slot
 
@@ -184,29 +210,69 @@ class Plan:
         return group.operand
 
     def _emit_group(self, g: Group) -> None:
-        """One addmm per step for all MMs reading `g.operand`: slots term (per step), weight.T and store."""
+        """One addmm per step for all MMs reading `g.operand`: slots term (per step), weight.T and store.
+
+        Members whose value only feeds an activation get the activation's value instead (one call per run of
+        equal activations); their own value gets no slot (-1).
+        """
         a = self._emit(g.operand)
         k, hidden = len(g.members), self.hidden
         term = self._new_slot(3)
         w, store = term + 1, term + 2
         self.group_slots.append((g.operand, term))
         out = self._new_slot(k)
+        runs: list[tuple[Callable[[Tensor], Tensor] | None, int]] = []  # (activation or None, members)
         for i, (m, add) in enumerate(zip(g.members, g.adds, strict=True)):
-            self.slot_of[add if add is not None else m] = out + i
+            value = add if add is not None else m
+            act = self.acts.get(value)
+            if act is None:
+                self.slot_of[value] = out + i
+            else:
+                self.slot_of[value], self.slot_of[act] = -1, out + i
+            fn = ELEMENTWISE[self.values[act].op] if act is not None else None
+            if runs and runs[-1][0] is fn:
+                runs[-1] = (fn, runs[-1][1] + 1)
+            else:
+                runs.append((fn, 1))
         addmm = torch.addmm
-        if k == 1:
+        if len(runs) == 1 and runs[0][0] is None and k == 1:
 
             def run(s: Slots) -> None:
                 operand = s[a]
                 s[store].append(operand)
                 s[out] = addmm(s[term], operand, s[w])
 
-        else:
+        elif len(runs) == 1 and runs[0][0] is None:
 
             def run(s: Slots) -> None:
                 operand = s[a]
                 s[store].append(operand)
-                s[out : out + k] = addmm(s[term], operand, s[w]).split(hidden, 1)
+                s[out : out + k] = addmm(s[term], operand, s[w]).chunk(k, 1)  # chunk: no Python-level split
+
+        elif len(runs) == 1:  # one activation over the whole product
+            fn = runs[0][0]
+            assert fn is not None
+
+            def run(s: Slots) -> None:
+                operand = s[a]
+                s[store].append(operand)
+                value = fn(addmm(s[term], operand, s[w]))
+                s[out : out + k] = value.chunk(k, 1) if k > 1 else (value,)
+
+        else:
+            sizes = [n * hidden for _, n in runs]
+
+            def run(s: Slots) -> None:
+                operand = s[a]
+                s[store].append(operand)
+                product = addmm(s[term], operand, s[w])
+                parts = product.split_with_sizes(sizes, 1) if len(sizes) > 1 else (product,)
+                first = out
+                for (fn, n), part in zip(runs, parts, strict=True):
+                    if fn is not None:
+                        part = fn(part)
+                    s[first : first + n] = part.chunk(n, 1) if n > 1 else (part,)
+                    first += n
 
         self.instructions.append(run)
 

@@ -20,8 +20,9 @@ def safe_div(a: Tensor, b: Tensor) -> Tensor:
 
 
 def gate3(a: Tensor, b: Tensor, g: Tensor) -> Tensor:
-    """`g * a + (1 - g) * b`, written as `b + g * (a - b)` (same value, fewer kernels)."""
-    return torch.addcmul(b, g, a - b)
+    """`g * a + (1 - g) * b` as `torch.lerp(b, a, g)`: one kernel and one backward node (same value to float
+    rounding: lerp computes `a - (a - b) * (1 - g)` where g >= 0.5)."""
+    return torch.lerp(b, a, g)
 
 
 def leaky_relu(a: Tensor) -> Tensor:

@@ -193,10 +193,12 @@ class _Loop:
         self.skip = 0  # batches of the current epoch already trained before a continuation
         self.carried: Any = None  # recurrent state carried between batches (token streams)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # foreach: one multi-tensor kernel per update term instead of one per parameter (same arithmetic)
         if s.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay)
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay,
+                                                              foreach=True)
         else:
-            self.opt = torch.optim.Adam(self.params, lr=s.lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.Adam(self.params, lr=s.lr, weight_decay=cfg.weight_decay, foreach=True)
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.epoch = 0
@@ -298,7 +300,8 @@ class _Loop:
 
     def train_step(self, batch: Any, state: Any) -> Any:
         """One optimizer step on one batch; raises Diverged on a bad loss or gradient."""
-        self.model.train()
+        if not self.model.training:  # train() walks every module: only after a validation switched to eval()
+            self.model.train()
         logits, state = self.model(batch.x, detach_state(state))
         total, count = self.task.loss_sum(logits, batch)
         loss = total / count.clamp(min=1)
@@ -311,9 +314,11 @@ class _Loop:
             self.s.loss_ceiling = max(self.s.loss_ceiling, 2.0 * value)
         if value > self.s.loss_ceiling:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
-        self.opt.zero_grad(set_to_none=True)
+        for p in self.params:  # = opt.zero_grad(set_to_none=True), without its per-call torch._dynamo wrapper
+            p.grad = None
         loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf))
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf,
+                                                    foreach=True))
         if not math.isfinite(norm):
             raise Diverged(f"gradient norm is {norm} at step {self.step}")
         if norm > self.cfg.grad_ceiling:
@@ -323,7 +328,7 @@ class _Loop:
         self.train_loss = value
         return state
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no_grad without version counting: validation tensors never reach autograd
     def split_loss(self, split: str) -> float:
         """Mean loss over a whole split (state carried between chunks for stream tasks)."""
         self.model.eval()

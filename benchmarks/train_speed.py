@@ -1,0 +1,384 @@
+"""Training speed at the search's own sizes: whole training steps, whole evaluations, and where the time goes.
+
+1. Training step (forward, loss, backward, gradient clipping, foreach Adam step: the training loop's step)
+   of the model around a cell (`CellModel`) against the same model around `torch.nn.LSTM` / `nn.GRU`, in
+   one process, one thread, interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the
+   library GRU, and five random cells over the core operators (those of the default search), at hidden
+   32/64/128, batch 8/32, T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps);
+   plus the LSTM at B=64 H=650.
+2. Whole evaluations at the default search budget (configs/default.yaml: synthetic, hidden 32, 200 steps,
+   one thread) and at JSB's rung 0 (configs/jsb.yaml: hidden 64, 5 epochs): CPU seconds per evaluation,
+   cold (`evonas train ... --json` in a fresh process: interpreter, imports, data, training) and warm (a
+   process that has already evaluated one cell, as a search worker), for this tree and, with `--baseline
+   DIR`, for another source tree (e.g. `git archive` of an older commit), interleaved run by run.
+3. Where one warm evaluation's time goes (data, forward, backward, optimizer, validation) and the start-up.
+
+    .venv/bin/python benchmarks/train_speed.py [--quick] [--repeats 7] [--data JSB.json] [--baseline DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import JSB, REPO, load_average
+
+LSTM = "lstm"
+GRU_PYTORCH = (
+    "Gate3(h_prev,Tanh(Add(MM(x),Mult(Sigmoid(Add(MM(x),MM(h_prev))),MM(h_prev)))),Sigmoid(Add(MM(x),MM(h_prev))))"
+)
+DEFAULT_BUDGET = {"task": "synthetic", "hidden": 32, "steps": 200, "threads": 1, "device": "cpu", "seed": 0}
+JSB_BUDGET = {"task": "music", "hidden": 64, "epochs": 5, "threads": 1, "device": "cpu", "seed": 0}
+SHARED_JSB = Path("/work/shared/data/jsb_chorales/jsb-chorales-quarter.json")  # where the issue keeps it
+PHASES = ("start-up", "data", "forward", "backward", "optimizer", "validation", "other")
+
+
+def random_cell_texts(count: int, seed: int = 0) -> list[str]:
+    """`count` random cells over the core operators (the default search's), 12..21 nodes, passing its filters."""
+    import random
+
+    from evonas.cells import CORE, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
+    from evonas.errors import CellError
+
+    rng, ops, found = random.Random(seed), sorted(CORE), []
+
+    def grow(depth: int) -> Node:
+        if depth == 0 or rng.random() < 0.2:
+            return Node(rng.choice(SOURCES))
+        op = rng.choice([*ops, "MM", "MM", "Add", "Mult"])
+        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
+
+    while len(found) < count:
+        cell = grow(6)
+        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
+            continue
+        try:
+            check(cell, 7, 11)  # typed for any sizes, as the library and `evonas train` require
+        except CellError:
+            continue
+        found.append(to_text(cell))
+    return found
+
+
+# ---------------------------------------------------------------- 1. training steps, in this process
+
+
+def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, steps: int,
+                    cells: dict[str, str]) -> dict[str, Callable[[], None]]:
+    """One training-step closure per contender, all on the same batch."""
+    import torch
+    from torch import nn
+
+    from evonas.cells.library import resolve
+    from evonas.nn.model import CellModel
+    from evonas.training.tasks import get_task
+
+    task = get_task(task_name, data)
+    rng = __import__("numpy").random.default_rng(0)
+    b = next(iter(task.batches("train", batch, steps, rng)))
+    b.x, b.y = b.x[:steps], b.y[:steps]
+    b.mask = None if b.mask is None else b.mask[:steps]
+
+    class TorchModel(nn.Module):
+        """The CellModel layout around a fused PyTorch RNN."""
+
+        def __init__(self, rnn: type[nn.Module]):
+            super().__init__()
+            tokens = task.input_kind == "tokens"
+            self.encoder = nn.Embedding(task.n_inputs, hidden) if tokens else nn.Linear(task.n_inputs, hidden)
+            self.rnn = rnn(hidden, hidden)
+            self.decoder = nn.Linear(hidden, task.n_outputs)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return self.decoder(self.rnn(self.encoder(x))[0]), None
+
+    def trainer(model: nn.Module) -> Callable[[], None]:
+        """The step of evonas' training loop (`_Loop.train_step`), the same for every contender."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=1e-3, foreach=True)
+
+        def run() -> None:
+            logits, _ = model(b.x)
+            total, count = task.loss_sum(logits, b)
+            loss = total / count.clamp(min=1)
+            float(loss.detach())
+            for p in params:
+                p.grad = None
+            loss.backward()
+            float(torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
+            opt.step()
+
+        return run
+
+    out = {"nn.LSTM": trainer(TorchModel(nn.LSTM)), "nn.GRU": trainer(TorchModel(nn.GRU))}
+    for name, text in cells.items():
+        model = CellModel(resolve(text), task.input_kind, task.n_inputs, task.n_outputs, hidden)
+        model.cells[0].use_fused = name != "LSTM(plan)"  # the generic plan, not PyTorch's kernel
+        out[name] = trainer(model)
+    return out
+
+
+def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median CPU seconds per call of each contender, interleaved (order alternates every repeat)."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = time.process_time()
+            contenders[name]()
+            times[name].append(time.process_time() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def step_table(args: argparse.Namespace) -> None:
+    """Print section 1: training-step time of each contender as a ratio to nn.LSTM (nn.GRU for the GRUs)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rand = random_cell_texts(args.random)
+    cells = {"LSTM": LSTM, "LSTM(plan)": LSTM, "GRU(pt)": GRU_PYTORCH, "GRU": "gru",
+             **{f"rand{i + 1}": t for i, t in enumerate(rand)}}
+    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM\n"
+          "   (LSTM(plan): the LSTM on the generic plan, not PyTorch's kernel; GRU(pt): the PyTorch-form GRU,\n"
+          "   and GRU: the library GRU, to nn.GRU)")
+    for i, t in enumerate(rand):
+        print(f"   rand{i + 1} = {t}")
+    tasks = [t for t in [("synthetic", None), ("music", args.data)] if t[0] in args.tasks and (t[1] or t[0] != "music")]
+    sizes = [(h, b) for h in args.hidden for b in args.batch]
+    head = f"  {'task':9s} {'B':>3s} {'H':>4s} {'nn.LSTM':>9s} {'nn.GRU':>8s}  " + " ".join(f"{n:>7s}" for n in cells)
+    print(head)
+    for task, data in tasks:
+        for hidden, batch in sizes + ([(650, 64)] if task == "synthetic" and args.big else []):
+            chosen = cells if hidden <= 128 else {"LSTM": LSTM}
+            t = compare(step_contenders(task, data, hidden, batch, 35, chosen), args.repeats)
+            ratios = []
+            for n in cells:
+                ref = t["nn.GRU"] if n.startswith("GRU") else t["nn.LSTM"]
+                ratios.append(f"{t[n] / ref:6.2f}x" if n in t else f"{'-':>7s}")
+            print(f"  {task:9s} {batch:3d} {hidden:4d} {t['nn.LSTM'] * 1e3:7.2f}ms {t['nn.GRU'] * 1e3:6.2f}ms  "
+                  + " ".join(ratios), flush=True)
+
+
+# ---------------------------------------------------------------- 2-3. evaluations, in child processes
+
+
+def child_env(tree: Path | None) -> dict[str, str]:
+    """Environment of a child process importing evonas from `tree` (None: this checkout)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    return env
+
+
+def run_child(argv: list[str], tree: Path | None) -> tuple[float, str]:
+    """Run a child process; return its CPU seconds (user + system) and its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # cwd: `python -c` puts the working directory first on sys.path, so it decides which evonas is imported
+    proc = subprocess.run(argv, env=child_env(tree), capture_output=True, text=True, check=False, cwd=tree or REPO)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{argv[:4]} failed: {proc.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, proc.stdout
+
+
+def cold_argv(cell: str, budget: dict) -> list[str]:
+    """`evonas train` on one cell with a budget, JSON out, in a fresh interpreter."""
+    argv = [sys.executable, "-c", "from evonas.cli.main import main; main()", "train", cell, "--json"]
+    for key in ("task", "data", "hidden", "steps", "epochs", "threads", "device", "seed"):
+        if key in budget:
+            argv += [f"--{key}", str(budget[key])]
+    return argv
+
+
+def worker(spec: dict) -> dict:
+    """In a child: evaluate spec's cells warm (after one untimed evaluation) and profile one evaluation."""
+    t0 = time.process_time()
+    import torch
+
+    t_torch = time.process_time() - t0
+    from evonas.training import train
+
+    t_import = time.process_time() - t0
+    torch.set_num_threads(1)
+    cfg = train.TrainConfig(**spec["budget"])
+    first = time.process_time()
+    train.evaluate(spec["cells"][0], cfg)
+    t_first = time.process_time() - first
+    warm, losses, statuses = [], [], []
+    for cell in spec["cells"]:
+        start = time.process_time()
+        r = train.evaluate(cell, cfg)
+        warm.append(time.process_time() - start)
+        losses.append(r.valid_loss)
+        statuses.append(r.status)
+    return {"import_torch": t_torch, "import": t_import, "first_eval": t_first, "warm": warm, "losses": losses,
+            "statuses": statuses, "phases": profile_phases(train, spec["cells"][0], cfg)}
+
+
+def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
+    """CPU seconds per phase of one evaluation, by wrapping the functions the training loop calls."""
+    import torch
+
+    from evonas.nn.model import CellModel
+    from evonas.training.tasks.base import Task
+
+    spent = dict.fromkeys(PHASES, 0.0)
+    stack: list[str] = []
+
+    def timed(phase: str, fn: Callable) -> Callable:
+        def wrapper(*a: object, **k: object) -> object:
+            if stack:  # nested (e.g. forward inside validation): the outer phase keeps the time
+                return fn(*a, **k)
+            stack.append(phase)
+            start = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[phase] += time.process_time() - start
+                stack.pop()
+
+        return wrapper
+
+    def timed_iter(fn: Callable) -> Callable:
+        def wrapper(*a: object, **k: object) -> object:
+            it = iter(fn(*a, **k))
+            while True:
+                start = time.process_time()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    if not stack:
+                        spent["data"] += time.process_time() - start
+                yield item
+
+        return wrapper
+
+    loop = train._Loop  # type: ignore[attr-defined]
+    saved = [(CellModel, "forward"), (torch.Tensor, "backward"), (torch.optim.Adam, "step"),
+             (torch.nn.utils, "clip_grad_norm_"), (loop, "split_loss")]
+    originals = [getattr(owner, name) for owner, name in saved]
+    task_classes = {type(train.get_task(cfg.task, cfg.data, cfg.level))}  # type: ignore[attr-defined]
+    batch_originals = {c: c.batches for c in task_classes if issubclass(c, Task)}
+    CellModel.forward = timed("forward", CellModel.forward)
+    torch.Tensor.backward = timed("backward", torch.Tensor.backward)
+    torch.optim.Adam.step = timed("optimizer", torch.optim.Adam.step)
+    torch.nn.utils.clip_grad_norm_ = timed("optimizer", torch.nn.utils.clip_grad_norm_)
+    loop.split_loss = timed("validation", loop.split_loss)
+    for c, fn in batch_originals.items():
+        c.batches = timed_iter(fn)
+    try:
+        start = time.process_time()
+        train.evaluate(cell, cfg)  # type: ignore[attr-defined]
+        total = time.process_time() - start
+    finally:
+        for (owner, name), fn in zip(saved, originals, strict=True):
+            setattr(owner, name, fn)
+        for c, fn in batch_originals.items():
+            c.batches = fn
+    spent["other"] = total - sum(spent.values())
+    return spent
+
+
+def eval_table(args: argparse.Namespace) -> None:
+    """Print sections 2 and 3 for this tree and the baseline tree, interleaved."""
+    cells = ["lstm", "gru", *random_cell_texts(args.random)]
+    budgets = [("default", DEFAULT_BUDGET)] + ([("jsb rung 0", {**JSB_BUDGET, "data": args.data})]
+                                               if args.data and not args.quick else [])
+    trees: dict[str, Path | None] = {"this tree": None}
+    if args.baseline:
+        trees = {"baseline": Path(args.baseline).resolve(), "this tree": None}
+    me = str(Path(__file__).resolve())
+    for label, budget in budgets:
+        cold: dict[str, list[float]] = {t: [] for t in trees}
+        warm: dict[str, list[dict]] = {t: [] for t in trees}
+        for r in range(args.eval_repeats):
+            for tree in trees if r % 2 == 0 else reversed(list(trees)):
+                cpu, _ = run_child(cold_argv("lstm", budget), trees[tree])
+                cold[tree].append(cpu)
+                spec = json.dumps({"budget": budget, "cells": cells})
+                _, out = run_child([sys.executable, me, "--worker", spec], trees[tree])
+                warm[tree].append(json.loads(out.strip().splitlines()[-1]))
+        print(f"\n2. evaluations at the {label} budget {budget}; CPU seconds, median of {args.eval_repeats} runs",
+              flush=True)
+        print(f"  {'tree':10s} {'cold LSTM':>10s} {'evals/CPU-min':>13s} {'warm mean':>10s} {'evals/CPU-min':>13s}  "
+              "warm per cell (lstm, gru, rand...; * = diverged or failed, left out of the mean)")
+        rate = {}
+        for tree in trees:
+            per_cell = [statistics.median(w["warm"][i] for w in warm[tree]) for i in range(len(cells))]
+            ok = [status == "ok" for status in warm[tree][0].get("statuses", ["ok"] * len(cells))]
+            mean = statistics.fmean(t for t, good in zip(per_cell, ok, strict=True) if good)
+            rate[tree] = (60 / statistics.median(cold[tree]), 60 / mean)
+            marked = " ".join(f"{t:.2f}{'' if ok[i] else '*'}" for i, t in enumerate(per_cell))
+            print(f"  {tree:10s} {statistics.median(cold[tree]):9.2f}s {rate[tree][0]:13.1f} {mean:9.2f}s "
+                  f"{rate[tree][1]:13.1f}  {marked}")
+        if args.baseline:
+            now, before = rate["this tree"], rate["baseline"]
+            print(f"  speed-up (this tree / baseline, evals per CPU-minute): cold {now[0] / before[0]:.2f}x, "
+                  f"warm {now[1] / before[1]:.2f}x")
+            pairs = list(zip(warm["baseline"][0]["losses"], warm["this tree"][0]["losses"], strict=True))
+            diff = max((abs(a - b) / abs(a) for a, b in pairs if a and b), default=0.0)
+            print(f"  valid losses equal to the baseline's: {sum(a == b for a, b in pairs)} of {len(pairs)}; "
+                  f"max relative difference {diff:.1e}")
+        print(f"\n3. where the time goes (CPU s, median of runs): start-up in a fresh process, then one warm LSTM "
+              f"evaluation at the {label} budget")
+        print(f"  {'tree':10s} {'torch':>6s} {'evonas':>6s} {'1st eval':>8s} | "
+              + " ".join(f"{p:>10s}" for p in PHASES[1:]) + f" {'total':>7s}")
+        for tree in trees:
+            med = {k: statistics.median(w["phases"][k] for w in warm[tree]) for k in PHASES[1:]}
+            imp_t = statistics.median(w["import_torch"] for w in warm[tree])
+            imp = statistics.median(w["import"] for w in warm[tree]) - imp_t
+            first = statistics.median(w["first_eval"] for w in warm[tree])
+            total = sum(med.values())
+            print(f"  {tree:10s} {imp_t:6.2f} {imp:6.2f} {first:8.2f} | "
+                  + " ".join(f"{med[p]:5.2f} {100 * med[p] / total:3.0f}%" for p in PHASES[1:]) + f" {total:7.2f}")
+
+
+def main() -> None:
+    """Parse the options and print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved repeats per training-step timing")
+    ap.add_argument("--eval-repeats", type=int, default=3, help="runs per evaluation measurement")
+    jsb = next((str(p) for p in (JSB, SHARED_JSB) if p.is_file()), None)
+    ap.add_argument("--data", default=jsb, help="JSB chorales JSON (default: the shared copy, when present)")
+    ap.add_argument("--baseline", help="another source tree (holding evonas/) to time evaluations against")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes, cells and repeats; synthetic only")
+    ap.add_argument("--only", choices=("steps", "evals"), help="run one part only")
+    ap.add_argument("--tasks", default="synthetic,music", help="tasks of the training-step table")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    args.hidden, args.batch, args.random, args.big = [32, 64, 128], [8, 32], 5, True
+    args.tasks = args.tasks.split(",")
+    if args.quick:
+        args.hidden, args.batch, args.random, args.data = [32, 128], [32], 2, None
+        args.repeats, args.eval_repeats = min(args.repeats, 5), 1
+    import torch
+
+    print(f"torch {torch.__version__}, one thread, CPU time; load average {load_average()} on {os.cpu_count()} cores"
+          + (f"; baseline tree {args.baseline}" if args.baseline else ""))
+    if args.only != "evals":
+        step_table(args)
+    if args.only != "steps":
+        eval_table(args)
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
