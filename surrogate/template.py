@@ -120,6 +120,8 @@ def template(text: str) -> Template | None:
         if name == "MM" and canon_op[kids[0]] == "MM" or (
                 name == "Sub" and canon_op[kids[0]] == "MM" and canon[kids[0]] == canon[kids[1]]):
             canon[k], canon_op[k] = canon[kids[0]], "MM"
+        elif name == "ReLU" and canon_op[kids[0]] == "Sigmoid":
+            canon[k], canon_op[k] = canon[kids[0]], "Sigmoid"
         elif name in _CHAINS:
             ts: list[tuple[str, str]] = []
             for c in kids:

@@ -347,6 +347,7 @@ def test_equations_one_line_each_and_end_with_h_t(node):
     ("Tanh(MM(MM(Add(MM(x),h_prev))))", "Tanh(MM(Add(MM(x),h_prev)))"),  # a linear map of a linear map
     ("Tanh(MM(Add(MM(h_prev),MM(h_prev))))", "Tanh(MM(h_prev))"),
     ("Tanh(Sub(MM(h_prev),MM(h_prev)))", "Tanh(MM(h_prev))"),
+    ("Gate3(MM(x),h_prev,ReLU(Sigmoid(MM(h_prev))))", "Gate3(MM(x),h_prev,Sigmoid(MM(h_prev)))"),  # sigmoid > 0
 ])
 def test_equivalent_spellings_share_one_canonical_form(written, same_as):
     assert canonical_text(parse(written)) == canonical_text(parse(same_as))

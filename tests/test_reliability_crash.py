@@ -129,7 +129,13 @@ def test_sigkill_again_and_again_loses_nothing(tmp_path):
                     while proc.poll() is None and len(snapshot(run)) == rows:
                         time.sleep(0.1)
                     if arm == "lock" and proc.poll() is None:
-                        second_writer_is_refused(run, proc.pid, env)
+                        # The holder is paused while the second writer tries, so that it cannot finish the run
+                        # (and release the lock) in the seconds the second process takes to start.
+                        os.kill(proc.pid, signal.SIGSTOP)
+                        try:
+                            second_writer_is_refused(run, proc.pid, env)
+                        finally:
+                            os.kill(proc.pid, signal.SIGCONT)
                     try:
                         proc.wait(rng.uniform(0.05, 0.5))
                     except subprocess.TimeoutExpired:

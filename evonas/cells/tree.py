@@ -39,7 +39,8 @@ def canonical(node: Node) -> Node:
       canonical text and rebuilt left-leaning (`Add(c,Add(b,a))` -> `Add(Add(a,b),c)`);
     - a sum of linear maps of the same operand is one linear map: repeated `MM(a)` terms of an `Add` chain
       merge (`Add(MM(x),MM(x))` -> `MM(x)`), and `Sub(MM(a),MM(a))` -> `MM(a)`;
-    - a linear map of a linear map is one linear map: `MM(MM(a))` -> `MM(a)`.
+    - a linear map of a linear map is one linear map: `MM(MM(a))` -> `MM(a)`;
+    - a sigmoid is positive, so `ReLU(Sigmoid(a))` -> `Sigmoid(a)` (the synthetic search re-found the GRU so).
     None of them removes a source or the `Memory`, so the canonical form of a well-formed cell is well formed.
     `Gate3` keeps its argument order.
     """
@@ -47,7 +48,7 @@ def canonical(node: Node) -> Node:
         return node
     kids = tuple(canonical(c) for c in node.children)
     op = node.op
-    if op == "MM" and kids[0].op == "MM":
+    if op == "MM" and kids[0].op == "MM" or op == "ReLU" and kids[0].op == "Sigmoid":
         return kids[0]
     if op == "Sub" and kids[0] == kids[1] and kids[0].op == "MM":
         return kids[0]
