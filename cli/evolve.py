@@ -50,6 +50,10 @@ def _summary(best: dict) -> None:
               help="Screen offspring with a learned ranker.")
 @click.option("--surrogate-ensemble", type=click.IntRange(1), default=None,
               help="Models in the screen's ensemble (default 3: ranks better than 1, fits 3x slower).")
+@click.option("--surrogate-init", default=None,
+              help="The screen starts from: builtin (the pretrained model shipped with evonas), a model folder, none.")
+@click.option("--acquisition", type=click.Choice(["mean", "ucb"]), default=None,
+              help="Screen by the ensemble's mean score, or by mean - ucb_k * spread (ucb).")
 @click.option("--show-config", is_flag=True, help="Print the whole resolved run config as YAML and exit.")
 def evolve(config_file: str | None, out: str | None, seed_cells: str | None, show_config: bool,
            **overrides: Any) -> None:
@@ -73,9 +77,15 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, sho
         raise ConfigError(f"run folder {run_dir} already holds a run; continue it with `evonas resume {run_dir}`")
     cfg.out = str(run_dir)
     click.echo(f"run folder: {run_dir}", err=True)
-    search = Search(cfg, run_dir, screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble))
+    search = Search(cfg, run_dir, screen=screen_of(cfg, run_dir))
     best = search.run()
     _summary(best)
+
+
+def screen_of(cfg: Any, run_dir: Path) -> Any:
+    """The run's screen as its config describes it (None without a surrogate)."""
+    return make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble, init=cfg.surrogate_init,
+                       acquisition=cfg.acquisition, ucb_k=cfg.ucb_k, warm_epochs=cfg.surrogate_epochs)
 
 
 def _check_data(cfg: Any) -> None:
@@ -99,7 +109,7 @@ def resume(run: str, **overrides: Any) -> None:
     from evonas.evolution.loop import Search
 
     search = Search.resume(run, overrides=overrides)
-    search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed, search.cfg.surrogate_ensemble)
+    search.screen = screen_of(search.cfg, Path(run))
     click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
     best = search.run()
     _summary(best)
