@@ -95,3 +95,33 @@ def test_ucb_scores_mean_minus_k_spread(tmp_path):
     assert mean_screen.score(cells) == pytest.approx(mean)
     assert ucb_screen.score(cells) == pytest.approx([m - 2.0 * d for m, d in zip(mean, spread, strict=True)])
     assert any(d > 0 for d in spread)  # two members disagree somewhere
+
+
+def mean_offspring_loss(run, cfg: RunConfig, screened: bool) -> float:
+    """Mean loss of the cells the search trained after generation 0 (all succeed under the structural loss)."""
+    import sqlite3
+
+    scr_ = screen(run, cfg, epochs=100, warm_epochs=40, sizes={"hidden": 16, "head": 16}) if screened else None
+    Search(cfg, run, evaluator=InlineStructural(), screen=scr_, budget=BUDGET, stdout=io.StringIO(),
+           stderr=io.StringIO()).run()  # a fit on < 20 cells is one batch per epoch: it needs the epochs
+    db = sqlite3.connect(str(run / "archive.sqlite"))
+    try:
+        losses = [v for (v,) in db.execute("SELECT valid_loss FROM evaluations WHERE generation > 0")]
+    finally:
+        db.close()
+    return sum(losses) / len(losses)
+
+
+def test_screen_beats_random_choice_on_a_learnable_signal(tmp_path, one_torch_thread):
+    """Same seeds, same candidates bred, 12 offspring trained each: the screened search trains better cells than
+    random choice among the same candidates (measured gains +0.021, +0.192, +0.107, +0.093, +0.115 nats; a screen
+    that ranked at random would gain 0 on average and lose on about half the seeds)."""
+    gains = []
+    for seed in range(5):
+        cfg = config(seed=seed, generations=2, population=10, offspring=6, screen_factor=4, explore_share=0.0,
+                     surrogate_ensemble=1)
+        screened = mean_offspring_loss(tmp_path / f"s{seed}", cfg, True)
+        plain = mean_offspring_loss(tmp_path / f"r{seed}", config(**{**cfg.to_dict(), "surrogate": "none"}), False)
+        gains.append(plain - screened)
+    assert sum(gains) / len(gains) > 0.05, gains
+    assert sum(g > 0 for g in gains) >= 4, gains
