@@ -1,5 +1,5 @@
 """Build the surrogate benchmark dataset: library cells, random filtered cells and mutants of library cells,
-each trained briefly on the synthetic task with `evonas.evaluate`, written to a CSV (cell, score, status, ...).
+each trained briefly on a task with `evonas.evaluate`, written to a CSV (cell, score, status, ...).
 
 score = validation loss (lower = better); empty for diverged/failed cells. Rows are appended as results arrive
 and cells already in the CSV are skipped, so an interrupted build resumes where it stopped.
@@ -8,6 +8,13 @@ Regenerate benchmarks/data/surrogate_cells.csv (about 15 minutes on 2 idle cores
 
     .venv/bin/python benchmarks/make_surrogate_dataset.py --out benchmarks/data/surrogate_cells.csv \
         --random 190 --mutants 130 --steps 120 --hidden 32 --workers 2 --seed 0
+
+The JSB Chorales dataset at the rung-0 budget of configs/jsb.yaml (2 epochs, hidden 64, lr 0.01, dropout 0.2 in
+and out; about 30 minutes with 2 workers on the shared machine), a different seed for other cells:
+
+    .venv/bin/python benchmarks/make_surrogate_dataset.py --out benchmarks/data/surrogate_cells_jsb.csv \
+        --task music --data ../shared/data/jsb_chorales/jsb-chorales-quarter.json --epochs 2 --hidden 64 \
+        --lr 0.01 --dropout 0.2 --random 190 --mutants 130 --workers 2 --seed 1
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-COLUMNS = ["cell", "score", "status", "reason", "origin", "params", "seconds", "steps"]
+COLUMNS = ["cell", "score", "status", "reason", "origin", "params", "seconds", "steps", "epochs"]
 
 
 def candidates(n_random: int, n_mutants: int, seed: int) -> list[tuple[str, str]]:
@@ -62,7 +69,8 @@ def _evaluate(job: tuple[str, str, dict]) -> dict:
     r = evaluate(cell, TrainConfig.from_dict(cfg))
     ok = r.status == "ok" and r.valid_loss is not None
     return {"cell": cell, "score": r.valid_loss if ok else "", "status": r.status, "reason": r.reason[:200],
-            "origin": origin, "params": r.params, "seconds": round(r.seconds, 3), "steps": r.steps}
+            "origin": origin, "params": r.params, "seconds": round(r.seconds, 3), "steps": r.steps,
+            "epochs": round(r.epochs, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,12 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/data/surrogate_cells.csv")
     ap.add_argument("--random", type=int, default=190, help="random filtered cells")
     ap.add_argument("--mutants", type=int, default=130, help="mutants of library cells")
-    ap.add_argument("--steps", type=int, default=120, help="training steps per cell")
+    ap.add_argument("--task", default="synthetic", choices=["synthetic", "music", "text"])
+    ap.add_argument("--data", default=None, help="data file/folder of the music and text tasks")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per cell (synthetic default: 120)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per cell (instead of steps)")
     ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default: the task's)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the cell's input and output")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--list", action="store_true", help="only print the candidate cells")
     args = ap.parse_args(argv)
+
+    from evonas import TrainConfig
 
     cells = candidates(args.random, args.mutants, args.seed)
     if args.list:
@@ -84,11 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     done: set[str] = set()
+    columns = COLUMNS
     if out.exists():
         with open(out, newline="") as f:
-            done = {row["cell"] for row in csv.DictReader(f)}
-    cfg = {"task": "synthetic", "steps": args.steps, "hidden": args.hidden, "seed": args.seed, "threads": 1,
-           "device": "cpu"}
+            reader = csv.DictReader(f)
+            done = {row["cell"] for row in reader}
+            columns = list(reader.fieldnames or COLUMNS)  # an older file keeps its columns
+    steps = args.steps if args.steps is not None or args.epochs is not None else 120
+    cfg = {"task": args.task, "data": args.data, "steps": steps, "epochs": args.epochs, "hidden": args.hidden,
+           "lr": args.lr, "dropout_in": args.dropout, "dropout_out": args.dropout, "seed": args.seed,
+           "threads": 1, "device": "cpu"}
+    TrainConfig.from_dict(cfg)  # a bad setting fails here, not in every worker
     jobs = [(c, o, cfg) for c, o in cells if c not in done]
     random.Random(args.seed).shuffle(jobs)  # a partial file is then a representative sample
     print(f"{len(cells)} candidates, {len(done)} already in {out}, {len(jobs)} to train", flush=True)
@@ -96,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     new_file = not out.exists()
     t0 = time.time()
     with open(out, "a", newline="") as f, mp.get_context("spawn").Pool(args.workers, _init_worker) as pool:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new_file:
             w.writeheader()
         for i, row in enumerate(pool.imap_unordered(_evaluate, jobs), 1):

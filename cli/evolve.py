@@ -64,6 +64,10 @@ def _summary(best: dict) -> None:
               help="Screen offspring with a learned ranker.")
 @click.option("--surrogate-ensemble", type=click.IntRange(1), default=None,
               help="Models in the screen's ensemble (default 3: ranks better than 1, fits 3x slower).")
+@click.option("--surrogate-init", default=None,
+              help="The screen starts from: builtin (the pretrained model shipped with evonas), a model folder, none.")
+@click.option("--acquisition", type=click.Choice(["mean", "ucb"]), default=None,
+              help="Screen by the ensemble's mean score, or by mean - ucb_k * spread (ucb).")
 @click.option("--show-config", is_flag=True, help="Print the whole resolved run config as YAML and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Also write each generation's logbook line (JSON) to stdout.")
 def evolve(config_file: str | None, out: str | None, seed_cells: str | None, show_config: bool, as_json: bool,
@@ -97,7 +101,7 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, sho
         cfg.out = str(run_dir)
         click.echo(f"run folder: {run_dir}", err=True)
         return Search(cfg, run_dir, evaluator=evaluator,
-                      screen=make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble),
+                      screen=screen_of(cfg, run_dir),
                       stdout=sys.stdout if as_json else None)
 
     try:
@@ -154,6 +158,12 @@ def _run_search(run_dir: Path, start: Callable[[], Any], evaluator: Any = None) 
     _summary(best)
 
 
+def screen_of(cfg: Any, run_dir: Path) -> Any:
+    """The run's screen as its config describes it (None without a surrogate)."""
+    return make_screen(cfg.surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble, init=cfg.surrogate_init,
+                       acquisition=cfg.acquisition, ucb_k=cfg.ucb_k, warm_epochs=cfg.surrogate_epochs)
+
+
 def _check_data(cfg: Any) -> None:
     """Load the task's data once before anything is trained: a bad path or format is one DataError, not a
     search in which every cell fails."""
@@ -179,7 +189,7 @@ def resume(run: str, as_json: bool, **overrides: Any) -> None:
     def start() -> Search:
         search = Search.resume(run, overrides=overrides, stdout=sys.stdout if as_json else None)
         search.evaluator  # noqa: B018 - device and backend problems fail here, before any work
-        search.screen = make_screen(search.cfg.surrogate, Path(run), search.cfg.seed, search.cfg.surrogate_ensemble)
+        search.screen = screen_of(search.cfg, Path(run))
         click.echo(f"resuming {run} at generation {search.next_gen} of {search.cfg.generations}", err=True)
         return search
 

@@ -18,34 +18,40 @@ def surrogate() -> None:
 
 
 @surrogate.command("train")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
 @click.option("--model", "kind", default=None, help="Ranker kind: treelstm (default) or gnn.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs (early stopping may stop sooner).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, split and shuffling.")
-@click.option("--init", "init", type=click.Path(path_type=Path), default=None,
-              help="Fine-tune this saved model instead of starting from scratch.")
+@click.option("--init", "init", default=None,
+              help="Fine-tune this saved model folder (or `builtin`, the model shipped with evonas) instead of "
+                   "starting from scratch.")
 @click.option("--ensemble", type=click.IntRange(min=1), default=defaults.SURROGATE_ENSEMBLE, show_default=True,
               help="Number of models (3 rank better than 1; 1 fits 3x faster).")
-def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed: int, init: Path | None,
-              ensemble: int) -> None:
-    """Fit a surrogate on DATA (CSV/JSONL with cell and score columns, or a run folder) and save it to --out."""
-    from evonas.surrogate.api import Surrogate
-    from evonas.surrogate.data import read_records
+@click.option("--hidden", type=click.IntRange(min=1), default=None,
+              help="Hidden and head size of each model (default: the model's own, 64).")
+def train_cmd(data: tuple[Path, ...], out: Path, kind: str | None, epochs: int | None, seed: int, init: str | None,
+              ensemble: int, hidden: int | None) -> None:
+    """Fit a surrogate on DATA (CSV/JSONL with cell and score columns, or a run folder; several datasets are
+    normalised and ranked each within itself) and save it to --out."""
+    from evonas.surrogate.api import Surrogate, load_init
+    from evonas.surrogate.data import read_datasets
     from evonas.surrogate.rankers import kinds
 
     if kind is not None and kind not in kinds():
         raise ConfigError(f"unknown --model {kind!r}; expected one of {kinds()}")
-    records = read_records(data)
+    records = read_datasets(data)
     if init is not None:
-        model = Surrogate.load(init)
+        model = load_init(init, seed=seed)
+        if model is None:
+            raise ConfigError("--init none: leave out --init to train from scratch")
         if kind is not None and kind != model.kind:
             raise ConfigError(f"--model {kind} does not match the kind of the --init model ({model.kind})")
-        model.seed = seed
         model.fit(records, warm_start=True, epochs=epochs)
     else:
-        model = Surrogate(kind or "treelstm", seed=seed, ensemble=ensemble)
+        sizes = {"hidden": hidden, "head": hidden} if hidden else None
+        model = Surrogate(kind or "treelstm", seed=seed, ensemble=ensemble, sizes=sizes)
         model.fit(records, epochs=epochs)
     model.save(out)
     fails = sum(r.score is None for r in records)
@@ -64,18 +70,20 @@ def train_cmd(data: Path, out: Path, kind: str | None, epochs: int | None, seed:
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 def evaluate_cmd(model_path: Path, data: Path) -> None:
-    """Print Kendall tau, Spearman, top-10% precision and RMSE of MODEL's predictions on DATA."""
-    from evonas.surrogate.api import Surrogate
+    """Print Kendall tau (failures tied worst, and over successes alone), Spearman, top-10% precision and RMSE of
+    MODEL's predictions on DATA (MODEL may be `builtin`, the model shipped with evonas)."""
+    from evonas.surrogate.api import Surrogate, init_path
     from evonas.surrogate.data import read_records
 
-    model = Surrogate.load(model_path)
+    model = Surrogate.load(init_path(model_path))
     m = model.evaluate(read_records(data))
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
     click.echo(f"cells            {m['n']} ({m['failures']} failed/diverged, ranked last)")
-    click.echo(f"kendall_tau      {fmt(m['kendall_tau'])}")
+    click.echo(f"kendall_tau      {fmt(m['kendall_tau'])}  (failed/diverged tied worst)")
+    click.echo(f"kendall_tau_ok   {fmt(m['kendall_tau_ok'])}  (successful cells alone)")
     click.echo(f"spearman         {fmt(m['spearman'])}")
     click.echo(f"top10_precision  {fmt(m['top10_precision'])}")
     click.echo(f"rmse             {fmt(m['rmse'])}  (successful cells, score units)")

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 from evonas.surrogate import persist
-from evonas.surrogate.data import Record, as_records, digest
+from evonas.surrogate.data import Record, as_records, digest, sort_records
 from evonas.surrogate.graph import VOCAB, GraphCache, batch_graphs
 from evonas.surrogate.metrics import ranking_metrics
 from evonas.surrogate.model import Ensemble
 from evonas.surrogate.rankers import kinds, ranker_class
-from evonas.surrogate.train import FitConfig, FitReport, Normaliser, fit_model
+from evonas.surrogate.train import FitConfig, FitReport, Normaliser, fit_model, group_targets
 
 from evonas import defaults
 from evonas.cells import Node
@@ -28,6 +28,7 @@ SCORE_BATCH = 2048
 # 0.518 vs 0.477 in benchmarks/surrogate_quality.py) and still score > 5,000 cells/s (surrogate_speed.py).
 DEFAULT_ENSEMBLE = defaults.SURROGATE_ENSEMBLE  # the one definition lives in evonas.defaults
 WARM_EPOCHS = 50  # default epochs of a warm-start refit (e.g. after each generation)
+BUILTIN = Path(__file__).resolve().parent / "builtin"  # the pretrained model shipped with evonas (package data)
 
 
 class Surrogate:
@@ -66,14 +67,19 @@ class Surrogate:
     # ---- fitting -------------------------------------------------------------------------------------------
     def fit(self, records: Iterable[Record | dict], warm_start: bool = False, epochs: int | None = None) -> FitReport:
         """Fit on (cell, score) records (score None = failure). warm_start keeps the current weights (a refit
-        after each generation, or fine-tuning a loaded model); otherwise the model starts from its seed."""
-        recs = as_records(records)
+        after each generation, or fine-tuning a loaded model); otherwise the model starts from its seed.
+
+        The records are sorted first, so the fit (split, batches, result) does not depend on their order; records
+        of several groups (datasets) are normalised and ranked within their group."""
+        recs = sort_records(as_records(records))
         if not recs:
             raise ConfigError("cannot fit a surrogate on zero records")
         if not warm_start:
             self.model = self._build(self.sizes)
-        self.normaliser = Normaliser.fit([r.score for r in recs])
-        targets = self.normaliser.targets([r.score for r in recs])
+        groups = [r.group for r in recs]
+        targets, self.normaliser = group_targets([r.score for r in recs], groups)
+        names = sorted(set(groups))
+        group_ids = [names.index(g) for g in groups]
         graphs = self._graphs.many([r.cell for r in recs])
         n_epochs = epochs if epochs is not None else (WARM_EPOCHS if warm_start else self.fit_config.epochs)
         report, self.member_fits = FitReport(), []
@@ -81,7 +87,7 @@ class Surrogate:
             for k, member in enumerate(self.model.members):
                 torch.manual_seed(self.seed * 1009 + k)
                 cfg = FitConfig(**{**asdict(self.fit_config), "epochs": n_epochs, "seed": self.seed * 1009 + k})
-                report = fit_model(member, graphs, targets, cfg)
+                report = fit_model(member, graphs, targets, cfg, group_ids)
                 self.member_fits.append(report)
         self.model.eval()
         self.fitted = True
@@ -121,7 +127,8 @@ class Surrogate:
                 [float(v) for v in spread * self.normaliser.scale])
 
     def evaluate(self, records: Iterable[Record | dict]) -> dict[str, float | None]:
-        """Kendall tau, Spearman, top-10% precision (failures rank last) and RMSE on successes."""
+        """Kendall tau with failures tied last and over the successes alone, Spearman, top-10% precision
+        (failures rank last) and RMSE on successes."""
         recs = as_records(records)
         return ranking_metrics(self.score([r.cell for r in recs]), [r.score for r in recs])
 
@@ -140,6 +147,12 @@ class Surrogate:
     def save(self, folder: str | Path) -> Path:
         """Write the model folder (weights.pt state dict + meta.json)."""
         return persist.save(folder, self.model.state_dict(), self.metadata())
+
+    def keep_members(self, k: int) -> None:
+        """Keep the first k models of the ensemble (a loaded model used with a smaller ensemble size)."""
+        if 1 <= k < self.ensemble_size:
+            self.model = Ensemble(list(self.model.members)[:k]).eval()
+            self.ensemble_size = k
 
     @classmethod
     def load(cls, folder: str | Path) -> Surrogate:
@@ -183,3 +196,22 @@ class Surrogate:
 def make_surrogate(kind: str = "treelstm", seed: int = 0, ensemble: int = DEFAULT_ENSEMBLE, **sizes: Any) -> Surrogate:
     """Factory for the search loop: a fresh, seeded surrogate of this kind (`fit` it before trusting `score`)."""
     return Surrogate(kind, seed=seed, ensemble=ensemble, sizes=sizes or None)
+
+
+def init_path(init: str | Path) -> Path | None:
+    """The model folder an init setting names: `builtin` (the shipped model), `none` (None) or a folder path."""
+    if str(init) == "none":
+        return None
+    return BUILTIN if str(init) == "builtin" else Path(init)
+
+
+def load_init(init: str | Path, seed: int = 0, ensemble: int | None = None) -> Surrogate | None:
+    """The saved model to start from (None for `none`), reseeded, cut to `ensemble` models when that is fewer."""
+    path = init_path(init)
+    if path is None:
+        return None
+    model = Surrogate.load(path)
+    model.seed = seed
+    if ensemble is not None:
+        model.keep_members(ensemble)
+    return model

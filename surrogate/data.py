@@ -21,11 +21,13 @@ FAILED = ("diverged", "failed")
 
 @dataclass(frozen=True)
 class Record:
-    """One training example: cell text (canonical when from an archive), score (None = failure), status."""
+    """One training example: cell text (canonical when from an archive), score (None = failure), status, and the
+    dataset it comes from (`group`: scores are normalised and ranked within a group, e.g. one task's budget)."""
 
     cell: str
     score: float | None
     status: str = "ok"
+    group: str = ""
 
 
 def _check_cell(text: str, where: str) -> str:
@@ -58,7 +60,8 @@ def _record(row: dict, where: str) -> Record:
         if not math.isfinite(score) or status in FAILED:
             score = None
             status = status if status in FAILED else "diverged"
-    return Record(_check_cell(cell, where), score, status)
+    group = row.get("group")
+    return Record(_check_cell(cell, where), score, status, "" if group is None else str(group))
 
 
 def _read_csv(path: Path) -> list[Record]:
@@ -109,8 +112,9 @@ def _read_run(folder: Path) -> list[Record]:
     return [_record(r, f"{db} (cell {r.get('cell')!r})") for r in rows]
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Records from a CSV (.csv), JSON lines (.jsonl/.json) or a run folder (its archive.sqlite)."""
+def read_records(path: str | Path, group: str | None = None) -> list[Record]:
+    """Records from a CSV (.csv), JSON lines (.jsonl/.json) or a run folder (its archive.sqlite); with `group`,
+    every record is marked as coming from that dataset."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
@@ -124,7 +128,21 @@ def read_records(path: str | Path) -> list[Record]:
         raise DataError(f"{p}: unknown data format (expected .csv, .jsonl or a run folder)")
     if not records:
         raise DataError(f"{p}: no records")
+    if group is not None:
+        records = [Record(r.cell, r.score, r.status, group) for r in records]
     return records
+
+
+def read_datasets(paths: Sequence[str | Path]) -> list[Record]:
+    """Records of one or more datasets; with several, each file is its own group (normalised and ranked apart)."""
+    if len(paths) == 1:
+        return read_records(paths[0])
+    return [r for p in paths for r in read_records(p, group=Path(p).stem)]
+
+
+def sort_records(records: Sequence[Record]) -> list[Record]:
+    """Records in a fixed order (group, cell, score, status): a fit must not depend on the order results arrived."""
+    return sorted(records, key=lambda r: (r.group, r.cell, math.inf if r.score is None else r.score, r.status))
 
 
 def read_cells(path: str | Path) -> list[str]:
@@ -166,5 +184,6 @@ def digest(records: Sequence[Record]) -> str:
     """SHA-256 of the records (order-sensitive), stored with a model to identify its training data."""
     h = hashlib.sha256()
     for r in records:
-        h.update(f"{r.cell}\t{'' if r.score is None else repr(r.score)}\t{r.status}\n".encode())
+        tail = f"\t{r.group}" if r.group else ""  # records without groups keep the digest they always had
+        h.update(f"{r.cell}\t{'' if r.score is None else repr(r.score)}\t{r.status}{tail}\n".encode())
     return h.hexdigest()

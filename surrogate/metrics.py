@@ -15,7 +15,8 @@ def _nan_to_none(x: float) -> float | None:
 
 def ranking_metrics(pred: Sequence[float], true: Sequence[float | None]) -> dict[str, float | None]:
     """Kendall tau, Spearman rho, top-10% precision over all cells (failures, true=None, rank below every
-    success and tie with each other) and RMSE over the successful cells, in score units."""
+    success and tie with each other), Kendall tau over the successful cells alone (`kendall_tau_ok`: failures
+    are easy to rank last and flatter the first) and RMSE over the successful cells, in score units."""
     p = np.asarray(pred, dtype=np.float64)
     ok = np.array([t is not None for t in true])
     t_ok = np.array([t for t in true if t is not None], dtype=np.float64)
@@ -28,6 +29,8 @@ def ranking_metrics(pred: Sequence[float], true: Sequence[float | None]) -> dict
         out["spearman"] = _nan_to_none(stats.spearmanr(p, t).statistic)
     else:
         out["kendall_tau"] = out["spearman"] = None
+    n_ok = int(ok.sum())
+    out["kendall_tau_ok"] = _nan_to_none(stats.kendalltau(p[ok], t_ok).statistic) if n_ok >= 2 else None
     k = max(1, int(round(0.1 * n)))
     top_true = set(np.argsort(t, kind="stable")[:k].tolist())
     top_pred = set(np.argsort(p, kind="stable")[:k].tolist())

@@ -82,19 +82,37 @@ class FitReport:
     valid_size: int = 0
 
 
-def ranking_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean logistic loss over all pairs with different targets: softplus(pred_better - pred_worse)."""
+def group_targets(scores: Sequence[float | None], groups: Sequence[str]) -> tuple[np.ndarray, Normaliser]:
+    """Normalised targets with one Normaliser per group (datasets on different scales rank within themselves),
+    and the normaliser to read predictions with: the group's own for one group, else the identity on z units."""
+    names = sorted(set(groups))
+    norms = {g: Normaliser.fit([s for s, h in zip(scores, groups, strict=True) if h == g]) for g in names}
+    out = np.zeros(len(scores), dtype=np.float32)
+    for g, norm in norms.items():
+        idx = [i for i, h in enumerate(groups) if h == g]
+        out[idx] = norm.targets([scores[i] for i in idx])
+    if len(names) == 1:
+        return out, norms[names[0]]
+    return out, Normaliser(0.0, 1.0, max(n.penalty for n in norms.values()))
+
+
+def ranking_loss(pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean logistic loss over all pairs with different targets: softplus(pred_better - pred_worse); with
+    `group` (an integer per cell) only pairs within one group count."""
     diff_t = target[:, None] - target[None, :]
     mask = diff_t < -1e-6  # i better (lower) than j
+    if group is not None:
+        mask = mask & (group[:, None] == group[None, :])
     if not bool(mask.any()):
         return pred.sum() * 0.0
     diff_p = pred[:, None] - pred[None, :]
     return F.softplus(diff_p[mask]).mean()
 
 
-def loss_fn(pred: torch.Tensor, target: torch.Tensor, rank_weight: float) -> torch.Tensor:
-    """Regression (MSE) plus weighted pairwise ranking term."""
-    return F.mse_loss(pred, target) + rank_weight * ranking_loss(pred, target)
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, rank_weight: float,
+            group: torch.Tensor | None = None) -> torch.Tensor:
+    """Regression (MSE) plus weighted pairwise ranking term (within groups)."""
+    return F.mse_loss(pred, target) + rank_weight * ranking_loss(pred, target, group)
 
 
 def split(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,13 +128,15 @@ def _predict(model: torch.nn.Module, graphs: Sequence[CellGraph], form: str, bat
 
 
 def fit_model(model: Ranker | torch.nn.Module, graphs: Sequence[CellGraph], targets: np.ndarray,
-              config: FitConfig) -> FitReport:
-    """Train `model` in place on precomputed graphs and normalised targets; restores the best held-out state."""
+              config: FitConfig, groups: Sequence[int] | None = None) -> FitReport:
+    """Train `model` in place on precomputed graphs and normalised targets (ranked within `groups`, an integer
+    per cell, when given); restores the best held-out state."""
     form = model.form
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     tr, va = split(len(graphs), config.valid_fraction, config.seed)
     y = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+    grp = None if groups is None or len(set(groups)) < 2 else torch.as_tensor(list(groups), dtype=torch.long)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     report = FitReport(train_size=len(tr), valid_size=len(va))
     best_loss, best_state, stale = math.inf, None, 0
@@ -130,7 +150,7 @@ def fit_model(model: Ranker | torch.nn.Module, graphs: Sequence[CellGraph], targ
             if len(idx) < 2 and len(order) > 1:
                 continue
             pred = model(batch_graphs([graphs[j] for j in idx], form))
-            loss = loss_fn(pred, y[idx], config.rank_weight)
+            loss = loss_fn(pred, y[idx], config.rank_weight, None if grp is None else grp[idx])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -140,7 +160,7 @@ def fit_model(model: Ranker | torch.nn.Module, graphs: Sequence[CellGraph], targ
             model.eval()
             with torch.no_grad():
                 # ranking loss only: the goal is the order, and a near-constant prediction can win on MSE
-                vloss = float(ranking_loss(_predict(model, va_graphs, form), y[va]))
+                vloss = float(ranking_loss(_predict(model, va_graphs, form), y[va], None if grp is None else grp[va]))
             if epoch + 1 < min(config.min_epochs, config.epochs):
                 pass
             elif vloss < best_loss - 1e-5:

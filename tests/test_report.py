@@ -203,3 +203,12 @@ def test_predictions_from_the_logbook(tmp_path):
                                     for k, p in data.predictions.items())
     assert set(prediction_pairs(data)) <= {1, 2} and prediction_pairs(data)
     assert "per-cell surrogate predictions are not recorded" not in write_report(tmp_path).read_text()
+
+
+def test_a_run_without_a_screen_says_so_in_one_line(tmp_path):
+    cfg = RunConfig.from_dict(dict(generations=1, population=4, offspring=3, seed=2, seed_cells=[]))
+    Search(cfg, tmp_path, evaluator=Inline(), budget=BUDGET, stdout=io.StringIO(), stderr=io.StringIO()).run()
+    page = write_report(tmp_path).read_text()
+    assert "This run had no surrogate screen (surrogate: none)." in page
+    assert "per-cell surrogate predictions are not recorded" not in page
+    assert not (tmp_path / "report" / "surrogate.png").exists()

@@ -94,7 +94,7 @@ def test_failed_cells_are_never_parents(tmp_path):
 
 def test_screen_picks_best_scored_and_learns(tmp_path):
     screen = SizeScreen()
-    s = search(cfg(screen_factor=4, explore_share=0.4), tmp_path, screen=screen)
+    s = search(cfg(screen_factor=4, explore_share=0.4, random_share=0.0), tmp_path, screen=screen)
     s.run()
     assert len(screen.scored) == 4 and all(len(c) == 20 for c in screen.scored)
     assert screen.learned == sorted(screen.learned) and len(screen.learned) == 5

@@ -76,13 +76,14 @@ def test_gnn_from_jsonl(tmp_path, rows):
     assert Surrogate.load(tmp_path / "g").kind == "gnn"
 
 
-def test_evaluate_prints_the_four_metrics(model, data_csv):
+def test_evaluate_prints_the_metrics_with_both_taus(model, data_csv):
     r = run("surrogate", "evaluate", model, data_csv)
     assert r.exit_code == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == ["cells", "kendall_tau", "spearman", "top10_precision", "rmse"]
+    assert names == ["cells", "kendall_tau", "kendall_tau_ok", "spearman", "top10_precision", "rmse"]
     values = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()}
     assert -1 <= float(values["kendall_tau"]) <= 1 and 0 <= float(values["top10_precision"]) <= 1
+    assert -1 <= float(values["kendall_tau_ok"]) <= 1
 
 
 def test_rank_keeps_input_order_and_accepts_any_well_formed_cell(model, tmp_path):

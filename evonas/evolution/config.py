@@ -17,6 +17,7 @@ from evonas.reporting import optuna_study
 
 BACKENDS = ("local", "ray")
 SURROGATES = ("none", "treelstm", "gnn")
+ACQUISITIONS = ("mean", "ucb")
 MUTATIONS = ("uniform", "node_replace", "insert", "shrink", "memory")
 
 
@@ -41,6 +42,11 @@ class RunConfig:
     surrogate_ensemble: int = defaults.SURROGATE_ENSEMBLE  # models in the screen's ensemble
     screen_factor: int = 4  # with a screen: candidates generated per cell trained
     explore_share: float = 0.25  # with a screen: share of the trained cells drawn by weighted sampling
+    random_share: float = 0.5  # of those exploration slots: share drawn uniformly (the screen's tau_random sample)
+    surrogate_init: str = "builtin"  # the screen starts from: builtin (shipped, pretrained) | a model folder | none
+    surrogate_epochs: int | None = None  # fine-tuning epochs of each refit (None: the surrogate's default, 50)
+    acquisition: str = "mean"  # mean: the ensemble's mean score; ucb: mean - ucb_k * spread (lower is better)
+    ucb_k: float = 1.0
     selection: str = "tournament"
     tournament_size: int = 3
     elite: int = 2
@@ -123,15 +129,22 @@ class RunConfig:
             raise bad("evals_per_gpu", "an integer >= 1")
         if self.init_max_height < self.init_min_height:
             raise bad("init_max_height", f">= init_min_height ({self.init_min_height})")
-        for key in ("cx_prob", "explore_share"):
+        for key in ("cx_prob", "explore_share", "random_share"):
             v = getattr(self, key)
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 1:
                 raise bad(key, "a number in [0, 1]")
-        for key, choices in (("backend", BACKENDS), ("surrogate", SURROGATES), ("selection", SELECTIONS)):
+        for key, choices in (("backend", BACKENDS), ("surrogate", SURROGATES), ("selection", SELECTIONS),
+                             ("acquisition", ACQUISITIONS)):
             if getattr(self, key) not in choices:
                 raise bad(key, f"one of {', '.join(choices)}")
         if not isinstance(self.task, str) or not self.task:
             raise bad("task", "a task name (synthetic, text, music)")
+        if not isinstance(self.surrogate_init, str) or not self.surrogate_init:
+            raise bad("surrogate_init", "builtin, none or the path of a surrogate model folder")
+        if self.surrogate_epochs is not None and (not is_int(self.surrogate_epochs) or self.surrogate_epochs < 1):
+            raise bad("surrogate_epochs", "an integer >= 1 or null")
+        if not isinstance(self.ucb_k, int | float) or isinstance(self.ucb_k, bool) or not self.ucb_k >= 0:
+            raise bad("ucb_k", "a number >= 0")
         for key in ("data", "ray_address", "out", "optuna"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise bad(key, "a string")

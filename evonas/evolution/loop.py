@@ -206,8 +206,8 @@ class Search:
             set_fitness(ind, m.get("valid_loss") if m.get("status") == "ok" else None, m.get("params"), m["rung"])
         tau = None
         if predicted is not None:  # the screen predicts the first rung's result (the one every cell gets)
-            tau = scr.kendall_tau(predicted, [first[i.key].get("valid_loss") for i in chosen])
-            info["predicted"] = {i.key: p for i, p in zip(chosen, predicted, strict=True)}  # for `evonas report`
+            info.update(self._screen_taus(chosen, predicted, first, info.pop("random_sample", [])))
+            tau = info.pop("tau")
         if self.screen is not None:
             try:
                 scr.learn(self.screen, self._records(before=g + 1))
@@ -239,6 +239,22 @@ class Search:
             except EvonasError as e:  # a dashboard file that cannot be written never stops the search
                 self.progress.note(f"warning: Optuna study not updated: {e}")
 
+    def _screen_taus(self, chosen: list, predicted: list[float], first: dict, sample: list[str]) -> dict:
+        """The screen judged on this generation's first-rung results: tau over the successful cells, tau with
+        failures tied worst (`tau_all`), tau on the uniformly drawn candidates alone (`tau_random`: the screen
+        against chance, unbiased by its own choice) and pooled over the random samples of the run so far."""
+        measured = [first[i.key].get("valid_loss") if first[i.key].get("status") == "ok" else None for i in chosen]
+        pred = {i.key: p for i, p in zip(chosen, predicted, strict=True)}
+        rand = [k for k in sample if k in pred]
+        pooled = [(p, m) for e in self.logbook for k, (p, m) in (e.get("random_pairs") or {}).items()]
+        pairs = {k: (pred[k], measured[[i.key for i in chosen].index(k)]) for k in rand}
+        pooled += list(pairs.values())
+        return {"tau": scr.kendall_tau(predicted, measured),
+                "tau_all": scr.kendall_tau(predicted, measured, failures_worst=True),
+                "tau_random": scr.kendall_tau([p for p, _ in pairs.values()], [m for _, m in pairs.values()]),
+                "tau_random_run": scr.kendall_tau([p for p, _ in pooled], [m for _, m in pooled]),
+                "random_pairs": pairs, "predicted": pred}  # `predicted` is for `evonas report`
+
     def _initial(self, seen: set[str]) -> list:
         """Generation 0: the seed cells (any operator set, any size) and a random population under the filters."""
         out, keys = [], set()
@@ -268,8 +284,10 @@ class Search:
         keys = [c.key for c in cands]
         scores = scr.clean_scores(self.screen.score(keys), len(keys)) if self.screen is not None else None
         if scores is not None and not all(math.isinf(v) for v in scores):  # an unfitted screen says nothing
-            idx = scr.pick(keys, scores, n, self.cfg.explore_share, self.rng)
-            return [cands[i] for i in idx], [scores[i] for i in idx], {"candidates": len(cands)}
+            best, sample = scr.pick_split(keys, scores, n, self.cfg.explore_share, self.rng, self.cfg.random_share)
+            idx = best + sample
+            info = {"candidates": len(cands), "random_sample": [keys[i] for i in sample]}
+            return [cands[i] for i in idx], [scores[i] for i in idx], info
         idx = scr.random_subset(len(cands), n, self.rng)
         return [cands[i] for i in idx], None, {"candidates": len(cands)}
 

@@ -352,13 +352,16 @@ def render(data: RunData, out_dir: Path) -> str:
     if not data.seeds:
         notes.append("no seed cells recorded (no best_cells.json baselines or checkpoint seeds)")
     pairs, tau = prediction_pairs(data), taus(data)
-    if not data.predictions:
+    # a screen object can be passed to a search whose config says none: any logged prediction or tau counts
+    screened = (data.config.get("surrogate", "none") != "none" or bool(data.predictions)
+                or any(t is not None for t in tau.values()))
+    if screened and not data.predictions:
         notes.append("per-cell surrogate predictions are not recorded in this run folder (no 'predicted' field in "
                      f"logbook.jsonl and no {PREDICTIONS}): only the logged Kendall tau per generation is shown")
     freq, fails, top = operator_frequencies(rows), failures(rows), top_cells(rows)
     pngs = {
         "best_so_far": plots.best_so_far_plot(curve, seeds, f"{data.dir.name}: best validation loss so far"),
-        "surrogate": plots.prediction_plot(pairs, tau),
+        **({"surrogate": plots.prediction_plot(pairs, tau)} if screened else {}),
         "operators": plots.operator_plot(freq),
         "failures": plots.failures_plot([(k, n) for k, n, _ in fails]),
         "rungs": plots.rung_tau_plot(rung_taus(data.logbook)),
@@ -373,8 +376,20 @@ def render(data: RunData, out_dir: Path) -> str:
                ("failed or diverged", len(rows) - n_ok), ("surrogate", cfg.get("surrogate", "–")),
                ("best validation loss", _fmt(best["valid_loss"]) if best else "–")]
     seed_rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(v)}</td></tr>" for n, v in sorted(seeds.items()))
+    extra = {int(e["gen"]): e for e in data.logbook if "gen" in e}
     tau_rows = "".join(
-        f"<tr><td>{g}</td><td>{_fmt(t, 3)}</td><td>{len(pairs.get(g, []))}</td></tr>" for g, t in sorted(tau.items()))
+        f"<tr><td>{g}</td><td>{_fmt(t, 3)}</td><td>{_fmt(extra.get(g, {}).get('tau_all'), 3)}</td>"
+        f"<td>{_fmt(extra.get(g, {}).get('tau_random_run'), 3)}</td><td>{len(pairs.get(g, []))}</td></tr>"
+        for g, t in sorted(tau.items()))
+    if screened:
+        surrogate_html = f"""{_img(pngs["surrogate"], "surrogate prediction vs measurement and Kendall tau")}
+<p>tau: over the successful cells; with failures: failed cells tied worst (easier); random sample: over the
+candidates drawn uniformly, unscreened, pooled over the run so far (the screen against chance).</p>
+<table><tr><th>generation</th><th>Kendall tau (logged)</th><th>tau with failures</th><th>tau, random sample</th>
+<th>cells with a recorded prediction</th></tr>
+{tau_rows or '<tr><td colspan="5">no logbook</td></tr>'}</table>"""
+    else:
+        surrogate_html = '<p class="note">This run had no surrogate screen (surrogate: none).</p>'
     fail_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{n}</td><td><code>{html.escape(ex[:200])}</code></td></tr>"
                         for k, n, ex in fails) or '<tr><td colspan="3">no failures</td></tr>'
     note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
@@ -394,9 +409,7 @@ each seed cell (hand-designed baseline) trained under the same budget.</p>
 {_img(pngs["best_so_far"], "best validation loss so far")}
 <table><tr><th>seed cell</th><th>validation loss</th></tr>{seed_rows or '<tr><td colspan="2">none</td></tr>'}</table>
 <h2 id="surrogate">Surrogate: prediction vs measurement</h2>
-{_img(pngs["surrogate"], "surrogate prediction vs measurement and Kendall tau")}
-<table><tr><th>generation</th><th>Kendall tau (logged)</th><th>cells with a recorded prediction</th></tr>
-{tau_rows or '<tr><td colspan="3">no logbook</td></tr>'}</table>
+{surrogate_html}
 <h2 id="rungs">Proxy health: rung-to-rung Kendall tau</h2>
 <p>Over the cells promoted in each generation: how well a low rung's validation loss ranks them like the next
 rung's. Near 1: the short budget is a faithful proxy; near 0: promotion is close to chance.</p>
