@@ -109,7 +109,9 @@ class RayEvaluator(Evaluator):
         self.max_in_flight = max_in_flight
         self._owns_ray = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            # log_to_driver=False: what Ray workers print stays in Ray's logs, never in the search's display.
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                      "log_to_driver": False}
             if address is None and num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
             try:
