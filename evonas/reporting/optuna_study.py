@@ -46,7 +46,7 @@ def check_target(path: str | Path) -> Path:
     """The study file as a Path; ConfigError for an unknown suffix or when optuna is not installed."""
     p = Path(path)
     if p.suffix.lower() not in JOURNAL_SUFFIXES + SQLITE_SUFFIXES:
-        raise ConfigError(f"Optuna study file {p} must end in {', '.join(JOURNAL_SUFFIXES + SQLITE_SUFFIXES)}")
+        raise ConfigError(f"Optuna study file {str(p)!r} must end in {', '.join(JOURNAL_SUFFIXES + SQLITE_SUFFIXES)}")
     if importlib.util.find_spec("optuna") is None:
         raise ConfigError(f"writing the Optuna study {p} needs optuna: pip install 'evonas[dashboard]'")
     return p
@@ -225,7 +225,7 @@ def _refuse_foreign(path: Path) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
     if not ours:
-        raise ConfigError(f"{path} is not an Optuna study file; not overwritten (choose another file name)")
+        raise ConfigError(f"{str(path)!r} is not an Optuna study file; not overwritten (choose another file name)")
 
 
 def _rewrite(storage: Any, name: str, specs: list[TrialSpec], directions: list[str], run: Path,
