@@ -14,3 +14,31 @@ def load_average() -> str:
     """The 1, 5 and 15 minute load averages: timings on a shared machine mean little without them."""
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def random_cells(seed: int, count: int, ops: frozenset[str] | set[str], input_size: int, hidden_size: int) -> list:
+    """`count` random cells (Nodes) of 12..21 nodes over `ops` that pass the search filters and type-check at
+    these sizes: the speed benchmarks' stand-ins for what a search trains (same seed, same cells)."""
+    import random
+
+    from evonas.cells import OPS, SOURCES, Node, check, node_count, passes_filters
+    from evonas.errors import CellError
+
+    rng, names, found = random.Random(seed), sorted(ops), []
+
+    def grow(depth: int) -> Node:
+        if depth == 0 or rng.random() < 0.2:
+            return Node(rng.choice(SOURCES))
+        op = rng.choice([*names, "MM", "MM", "Add", "Mult"])
+        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
+
+    while len(found) < count:
+        cell = grow(6)
+        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
+            continue
+        try:
+            check(cell, input_size, hidden_size)
+        except CellError:
+            continue
+        found.append(cell)
+    return found

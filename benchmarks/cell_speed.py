@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from _common import random_cells
 from torch import nn
 
-from evonas.cells import EXTENDED, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
-from evonas.errors import CellError
+from evonas.cells import EXTENDED, to_text
 from evonas.nn.compiler import compile_cell
 
 LSTM = (
@@ -70,28 +69,6 @@ def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def random_cells(seed: int, count: int) -> list[Node]:
-    """Well-formed cells of 12..21 nodes over the extended operators that pass the search filters."""
-    rng, ops, found = random.Random(seed), sorted(EXTENDED), []
-
-    def grow(depth: int) -> Node:
-        if depth == 0 or rng.random() < 0.2:
-            return Node(rng.choice(SOURCES))
-        op = rng.choice([*ops, "MM", "MM", "Add", "Mult"])
-        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
-
-    while len(found) < count:
-        cell = grow(6)
-        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
-            continue
-        try:
-            check(cell, 200, 200)
-        except CellError:
-            continue
-        found.append(cell)
-    return found
-
-
 def main() -> None:
     """Print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,7 +103,7 @@ def main() -> None:
 
     print("\nrandom cells (extended operators, search filters on): fast vs node-by-node, T=35 B=20 I=H=200")
     x = torch.randn(35, 20, 200)
-    for cell in random_cells(args.seed, 3):
+    for cell in random_cells(args.seed, 3, EXTENDED, 200, 200):
         fast = compile_cell(cell, 200, 200)
         slow = compile_cell(cell, 200, 200, fast=False)
         t = compare({"fast": fwd_bwd(fast, x), "reference": fwd_bwd(slow, x)}, args.repeats)

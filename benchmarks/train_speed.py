@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import JSB, REPO, load_average
+from _common import JSB, REPO, load_average, random_cells
 
 LSTM = "lstm"
 GRU_PYTORCH = (
@@ -37,35 +37,15 @@ GRU_PYTORCH = (
 )
 DEFAULT_BUDGET = {"task": "synthetic", "hidden": 32, "steps": 200, "threads": 1, "device": "cpu", "seed": 0}
 JSB_BUDGET = {"task": "music", "hidden": 64, "epochs": 5, "threads": 1, "device": "cpu", "seed": 0}
-SHARED_JSB = Path("/work/shared/data/jsb_chorales/jsb-chorales-quarter.json")  # where the issue keeps it
 PHASES = ("start-up", "data", "forward", "backward", "optimizer", "validation", "other")
 
 
 def random_cell_texts(count: int, seed: int = 0) -> list[str]:
-    """`count` random cells over the core operators (the default search's), 12..21 nodes, passing its filters."""
-    import random
+    """`count` random cells over the core operators (the default search's), 12..21 nodes, passing its filters,
+    typed for any sizes (7 and 11), as the library and `evonas train` require."""
+    from evonas.cells import CORE, to_text
 
-    from evonas.cells import CORE, OPS, SOURCES, Node, check, node_count, passes_filters, to_text
-    from evonas.errors import CellError
-
-    rng, ops, found = random.Random(seed), sorted(CORE), []
-
-    def grow(depth: int) -> Node:
-        if depth == 0 or rng.random() < 0.2:
-            return Node(rng.choice(SOURCES))
-        op = rng.choice([*ops, "MM", "MM", "Add", "Mult"])
-        return Node(op, tuple(grow(depth - 1) for _ in range(OPS[op].arity)))
-
-    while len(found) < count:
-        cell = grow(6)
-        if not 12 <= node_count(cell) <= 21 or not passes_filters(cell):
-            continue
-        try:
-            check(cell, 7, 11)  # typed for any sizes, as the library and `evonas train` require
-        except CellError:
-            continue
-        found.append(to_text(cell))
-    return found
+    return [to_text(c) for c in random_cells(seed, count, CORE, 7, 11)]
 
 
 # ---------------------------------------------------------------- 1. training steps, in this process
@@ -353,7 +333,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7, help="interleaved repeats per training-step timing")
     ap.add_argument("--eval-repeats", type=int, default=3, help="runs per evaluation measurement")
-    jsb = next((str(p) for p in (JSB, SHARED_JSB) if p.is_file()), None)
+    jsb = str(JSB) if JSB.is_file() else None
     ap.add_argument("--data", default=jsb, help="JSB chorales JSON (default: the shared copy, when present)")
     ap.add_argument("--baseline", help="another source tree (holding evonas/) to time evaluations against")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, cells and repeats; synthetic only")
