@@ -40,6 +40,15 @@ def _finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
 
 
+def _tau_axes(ax, title: str) -> None:
+    """The frame of a Kendall-tau-per-generation panel: the full [-1, 1] range, labels, title, grid."""
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("Kendall tau")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def best_so_far_plot(curve: Sequence[float | None], seeds: dict[str, float | None], title: str = "") -> bytes:
     """Best validation loss against the number of trained cells, each seed cell's loss as a horizontal line."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -93,11 +102,7 @@ def prediction_plot(pairs: dict[int, list[Pair]], taus: dict[int, float | None])
             ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax2.text(0.5, 0.5, "no Kendall tau recorded", ha="center", va="center", transform=ax2.transAxes)
-    ax2.set_ylim(-1.05, 1.05)
-    ax2.set_xlabel("generation")
-    ax2.set_ylabel("Kendall tau")
-    ax2.set_title("Screen quality per generation")
-    ax2.grid(alpha=0.3)
+    _tau_axes(ax2, "Screen quality per generation")
     fig.tight_layout()
     return to_png(fig)
 
@@ -174,10 +179,6 @@ def rung_tau_plot(taus: dict[int, list[float | None]]) -> bytes:
     else:
         ax.text(0.5, 0.5, "one rung: no rung-to-rung tau", ha="center", va="center", transform=ax.transAxes)
     ax.axhline(0, color="grey", lw=1)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("generation")
-    ax.set_ylabel("Kendall tau")
-    ax.set_title("Does a low rung rank cells like the next one?")
-    ax.grid(alpha=0.3)
+    _tau_axes(ax, "Does a low rung rank cells like the next one?")
     fig.tight_layout()
     return to_png(fig)
