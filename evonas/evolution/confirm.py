@@ -82,8 +82,8 @@ def _run_state(run: Path) -> tuple[dict, dict[str, str], list[dict]]:
     return config, seeds, rows
 
 
-def plan(run: Path, settings: ConfirmSettings) -> tuple[list[dict], dict]:
-    """The cells to retrain (found cells first, then seed cells) and the full budget they share."""
+def plan(run: Path, settings: ConfirmSettings) -> tuple[list[dict], dict, Any]:
+    """The cells to retrain (found cells first, then seed cells), the full budget they share, the run's config."""
     from evonas.evolution.config import RunConfig
 
     config, seeds, rows = _run_state(run)
@@ -102,7 +102,7 @@ def plan(run: Path, settings: ConfirmSettings) -> tuple[list[dict], dict]:
                       "search_valid_loss": row["valid_loss"] if row else None})
     if not any(c["seed_cell"] for c in cells):
         raise ConfigError(f"the run in {run} has no seed cells to compare with (seed_cells was empty)")
-    return cells, budget
+    return cells, budget, cfg
 
 
 def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evaluator: Evaluator | None = None,
@@ -117,7 +117,7 @@ def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evalua
 
         if lookup(settings.match_params) is None:
             raise ConfigError(f"match_params: {settings.match_params!r} is not a cell-library name")
-    cells, budget = plan(run, settings)
+    cells, budget, cfg_run = plan(run, settings)
     sized = _sizes(cells, budget, settings.match_params)
     folder = run / CONFIRM_DIR
     folder.mkdir(exist_ok=True)
@@ -143,9 +143,6 @@ def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evalua
             results[(job.key, job.generation)] = json_safe(result.to_dict())
 
         if jobs:
-            from evonas.evolution.config import RunConfig
-
-            cfg_run = RunConfig.from_dict(_run_state(run)[0])
             own = evaluator is None
             evaluator = evaluator or make_evaluator(
                 cfg_run.backend, cfg_run.device, cfg_run.workers, cfg_run.eval_timeout, cfg_run.train.get("threads"),
