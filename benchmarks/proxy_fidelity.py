@@ -59,22 +59,37 @@ def _init() -> None:
     torch.set_num_threads(1)
 
 
-def chain(job: tuple[str, dict, str, list[int], str]) -> tuple[str, list[float | None], str]:
-    """Train one cell through every budget, continuing each time; the validation loss at each budget."""
+def chain(job: tuple[str, dict, str, list[int], str]) -> tuple[str, list[float | None], str, list[float]]:
+    """Train one cell through every budget, continuing each time; the validation loss at each budget and the
+    training-loss curve of the first budget (EvalResult.curve, what a promotion predictor sees)."""
     from evonas.training.train import TrainConfig, evaluate
 
     cell, base, unit, budgets, folder = job
     state = Path(folder) / f"{hashlib.sha1(cell.encode()).hexdigest()[:16]}.pt"
     out: list[float | None] = []
-    last = {}
+    last: dict = {}
+    curve: list[float] = []
     for i, b in enumerate(budgets):
         r = evaluate(cell, TrainConfig.from_dict({**base, unit: b}), lambda p: last.__setitem__("v", p["valid_loss"]),
                      state_in=state if i else None, state_out=state)
+        curve = curve or r.curve
         if r.status != "ok":
-            return cell, out + [None] * (len(budgets) - len(out)), r.status
+            return cell, out + [None] * (len(budgets) - len(out)), r.status, curve
         out.append(last.get("v", r.valid_loss))  # the loss at this budget (not the best so far)
     state.unlink(missing_ok=True)
-    return cell, out, "ok"
+    return cell, out, "ok", curve
+
+
+def write_csv(path: str, budgets: list[int], todo: list[tuple[str, str]], results: list) -> None:
+    """One row per cell: cell, origin, status, the loss at each budget (loss_<budget>), the first budget's curve."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "origin", "status", *[f"loss_{b}" for b in budgets], "curve"])
+        for (cell, origin), (_, losses, status, curve) in zip(todo, results, strict=True):
+            w.writerow([cell, origin, status, *["" if v is None else repr(v) for v in losses],
+                        ";".join(f"{v:.6g}" for v in curve)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mutants", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="also write every cell's losses and first-budget curve to this CSV "
+                                  "(the input of benchmarks/fidelity_predictors.py)")
     args = ap.parse_args(argv)
 
     from scipy.stats import kendalltau, spearmanr
@@ -107,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as folder, mp.get_context("spawn").Pool(args.workers, _init) as pool:
         results = pool.map(chain, [(c, base, unit, budgets, folder) for c, _ in todo])
-    ok = [losses for _, losses, status in results if status == "ok" and all(v is not None for v in losses)]
+    if args.out:
+        write_csv(args.out, budgets, todo, results)
+    ok = [losses for _, losses, status, _ in results if status == "ok" and all(v is not None for v in losses)]
     print(f"{len(ok)} of {len(results)} cells finished ok at every budget ({time.time() - t0:.0f} s)")
     full = [v[-1] for v in ok]
     top_full = set(sorted(range(len(ok)), key=lambda i: full[i])[:5])

@@ -139,7 +139,7 @@ def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screen
             losses = [results[k].get("valid_loss") if results[k].get("status") == "ok" else None for k, _ in chosen]
             tau = scr.kendall_tau(predicted, losses) if predicted is not None else None
             if screened:
-                scr.learn(screen, [r for r in archive.to_records()])
+                scr.learn(screen, archive.to_records(rungs="all"))
             ok = sorted(v for v in losses if v is not None)
             append_logbook(run_dir, {"gen": g, "trained": len(chosen), "failures": len(chosen) - len(ok),
                                      "best": ok[0] if ok else None, "tau": tau,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evonas.cells import check, to_text
 from evonas.errors import CellError, CellSyntaxError, DataError
+from evonas.surrogate.fidelity import top_rung_records
 
 FAILED = ("diverged", "failed")
 
@@ -108,7 +109,7 @@ def _read_run(folder: Path) -> list[Record]:
     from evonas.store.archive import Archive  # the core archive; imported only when a run folder is read
 
     with Archive(db, create=False) as archive:
-        rows = archive.to_records()
+        rows = top_rung_records(archive.to_records(rungs="all"))
     return [_record(r, f"{db} (cell {r.get('cell')!r})") for r in rows]
 
 
@@ -173,7 +174,12 @@ def read_cells(path: str | Path) -> list[str]:
 
 
 def as_records(items: Iterable[Record | dict]) -> list[Record]:
-    """Accept Records or dicts with cell/score/status (e.g. `Archive.to_records()`)."""
+    """Accept Records or dicts with cell/score/status (e.g. `Archive.to_records()`); dicts of several rungs
+    (`Archive.to_records(rungs="all")`) become one top-rung record per cell (`evonas.surrogate.fidelity`)."""
+    items = list(items)
+    dicts = [i for i in items if isinstance(i, dict)]
+    if len({int(d.get("rung") or 0) for d in dicts}) > 1:
+        items = [i for i in items if not isinstance(i, dict)] + top_rung_records(dicts)
     out = []
     for i, item in enumerate(items):
         out.append(item if isinstance(item, Record) else _record(dict(item), f"record {i}"))

@@ -40,7 +40,7 @@ def test_add_and_read_back(tmp_path):
         row = a.get("A")
         assert set(row) == set(COLUMNS)
         assert row["cell"] == "  A  " and row["task"] == "synthetic" and row["budget"] == CONFIG
-        assert row["metrics"] == {**jobs_mod.ok_result("A"), "rung": 0}
+        assert row["metrics"] == {**jobs_mod.ok_result("A"), "rung": 0, "curve": []}
         assert row["status"] == "ok" and row["generation"] == 2
         assert row["valid_loss"] == jobs_mod.loss_of("A") and row["params"] == 1 and row["seconds"] == 0.01
         assert row["started_at"] <= row["finished_at"]
@@ -65,7 +65,7 @@ def test_non_finite_losses_are_stored_as_null(tmp_path):
         assert a.get("I")["metrics"]["valid_ppl"] is None
         a.add(job("K"), ok("K", valid_loss=float("nan")))  # "ok" but no loss: not a usable score
         assert a.to_records()[-1] == {"cell": "K", "score": None, "status": "diverged", "params": 1,
-                                      "generation": 0}
+                                      "generation": 0, "rung": 0}
         raw = a._db.execute("SELECT metrics FROM evaluations").fetchall()
         assert all("NaN" not in m and "Infinity" not in m for (m,) in raw)
 

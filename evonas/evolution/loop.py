@@ -188,7 +188,8 @@ class Search:
             self.close()
 
     def _records(self, before: int) -> list[dict]:
-        return [r for r in self.archive.to_records() if r["generation"] < before]
+        """What the screen learns from: every (cell, rung) result of the generations before `before`."""
+        return [r for r in self.archive.to_records(rungs="all") if r["generation"] < before]
 
     def _generation(self, g: int) -> None:
         t0 = time.monotonic()

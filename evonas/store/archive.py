@@ -239,25 +239,30 @@ class Archive:
 
         return {r["key"]: EvalResult.from_dict(r["metrics"]) for r in self}
 
-    def to_records(self) -> list[dict]:
-        """Training data for the surrogate: dicts with cell (canonical), score (valid_loss or None), status.
+    def to_records(self, rungs: str = "first") -> list[dict]:
+        """Training data for the surrogate: dicts with cell (canonical), score (valid_loss or None), status,
+        params, generation and rung.
 
-        One record per cell, from its lowest rung (the budget every cell of a multi-fidelity run was trained at,
-        so scores are comparable; at several learning rates, the best of them). A score is None only for a
-        status other than ok: an "ok" row without a finite loss counts as diverged.
+        `rungs="first"`: one record per cell, from its lowest rung (the budget every cell of a multi-fidelity run
+        was trained at, so scores are comparable). `rungs="all"`: one record per (cell, rung), for a learner that
+        makes the rungs comparable itself (`evonas.surrogate.fidelity`). At several learning rates a rung's
+        record is the best of them. A score is None only for a status other than ok: an "ok" row without a
+        finite loss counts as diverged.
         """
-        out = []
-        first: dict[str, dict] = {}
+        if rungs not in ("first", "all"):
+            raise ValueError(f"rungs must be 'first' or 'all', got {rungs!r}")
+        best: dict[tuple, dict] = {}
         for r in self:
-            k = r["key"]
-            if k not in first or (rung(r), _order_loss(r)) < (rung(first[k]), _order_loss(first[k])):
-                first[k] = r
-        for r in sorted(first.values(), key=lambda r: r["id"]):
+            k = (r["key"],) if rungs == "first" else (r["key"], rung(r))
+            if k not in best or (rung(r), _order_loss(r)) < (rung(best[k]), _order_loss(best[k])):
+                best[k] = r
+        out = []
+        for r in sorted(best.values(), key=lambda r: r["id"]):
             status = r["status"]
             if status == "ok" and r["valid_loss"] is None:
                 status = "diverged"
             out.append({"cell": r["key"], "score": r["valid_loss"], "status": status, "params": r["params"],
-                        "generation": r["generation"]})
+                        "generation": r["generation"], "rung": rung(r)})
         return out
 
     def export_csv(self, out: str | Path | TextIO) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from evonas.errors import ConfigError
@@ -131,6 +131,16 @@ def _finite_or_none(v: float | None) -> float | None:
     return float(v)
 
 
+CURVE_POINTS = 8  # windows of EvalResult.curve
+
+
+def curve_points(losses: list[float], points: int = CURVE_POINTS) -> list[float]:
+    """Means of `losses` over up to `points` equal consecutive windows (fewer when there are fewer losses)."""
+    n = len(losses)
+    k = min(points, n)
+    return [sum(losses[i * n // k:(i + 1) * n // k]) / ((i + 1) * n // k - i * n // k) for i in range(k)]
+
+
 @dataclass
 class EvalResult:
     """The outcome of training one cell: status, losses (nats per token / per step), size and cost."""
@@ -147,6 +157,9 @@ class EvalResult:
     steps: int = 0
     epochs: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time for the evaluation (what a search's cost is counted in)
+    # training-loss means over up to CURVE_POINTS equal windows of this run's steps: the learning curve a
+    # promotion predictor reads (free: the losses are computed anyway)
+    curve: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: NaN and infinities become None."""
@@ -156,6 +169,7 @@ class EvalResult:
         d["seconds"] = _finite_or_none(d["seconds"]) or 0.0
         d["epochs"] = _finite_or_none(d["epochs"]) or 0.0
         d["cpu_seconds"] = _finite_or_none(d["cpu_seconds"]) or 0.0
+        d["curve"] = [v for v in (_finite_or_none(x) for x in d["curve"]) if v is not None]
         return d
 
     @classmethod

@@ -26,7 +26,7 @@ import torch
 from evonas.cells import Node, canonical_text, to_text
 from evonas.errors import CellError, CellSyntaxError
 from evonas.nn.model import CellModel, count_params, detach_state
-from evonas.training.config import EvalResult, TrainConfig
+from evonas.training.config import EvalResult, TrainConfig, curve_points
 from evonas.training.device import limit_gpu_memory, resolve_device
 from evonas.training.tasks import get_task
 from evonas.training.tasks.base import Task
@@ -208,6 +208,7 @@ class _Loop:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evals = 0
         self.train_loss = math.nan
+        self.losses: list[float] = []  # this run's training losses, for EvalResult.curve
         self.clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
         self.start = self.clock()
         self.epoch_rng = self.rng.bit_generator.state
@@ -326,6 +327,7 @@ class _Loop:
                            f"at step {self.step}")
         self.opt.step()
         self.train_loss = value
+        self.losses.append(value)
         return state
 
     @torch.inference_mode()  # no_grad without version counting: validation tensors never reach autograd
@@ -364,6 +366,7 @@ class _Loop:
 
     def finish(self) -> None:
         """Save the training state (when asked), restore the best weights, measure the test split when asked."""
+        self.result.curve = curve_points(self.losses)
         if self.state_out is not None:
             self.save(self.state_out)
         if self.best_state is not None:
