@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from evonas.surrogate.fidelity import top_rung_records
+
 from evonas.cells import check, to_text
 from evonas.errors import CellError, CellSyntaxError, DataError
-from evonas.surrogate.fidelity import top_rung_records
 
 FAILED = ("diverged", "failed")
 

@@ -73,7 +73,7 @@ def top_rung_records(records: Sequence[dict]) -> list[dict]:
     for r in records:
         by_cell.setdefault(r["cell"], {})[int(r.get("rung") or 0)] = r
     out = []
-    for cell, seen in by_cell.items():
+    for seen in by_cell.values():
         high = max(seen)
         r = dict(seen[high])
         r["generation"] = max(int(v.get("generation") or 0) for v in seen.values())

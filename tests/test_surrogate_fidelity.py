@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
+from evonas.surrogate.data import as_records, read_records
+from evonas.surrogate.fidelity import RungMap, rung_maps, top_rung_records
 from fake_training import Inline
 
 from evonas.evolution.config import RunConfig
 from evonas.evolution.loop import Search
 from evonas.store.archive import Archive
-from evonas.surrogate.data import as_records, read_records
-from evonas.surrogate.fidelity import RungMap, rung_maps, top_rung_records
 
 
 def rec(cell: str, score: float | None, rung: int, status: str = "ok", generation: int = 0) -> dict:
