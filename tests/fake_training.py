@@ -22,6 +22,7 @@ class FakeResult:
     valid_loss: float | None = None
     params: int = 0
     seconds: float = 0.0
+    curve: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,9 +40,12 @@ def fake_train(key: str, timeouts: bool = False, steps: int | None = None) -> Fa
     if timeouts and h % 11 == 0:
         return FakeResult(key, "failed", f"timed out after {h % 50 + 10} s")
     loss = 1.0 + (h % 1000) / 1000 + 0.01 * n
+    curve = None
     if steps is not None:
-        loss += ((h >> 12) % 100) / 100 / steps
-    return FakeResult(key, "ok", "", loss, n * 10)
+        slow = ((h >> 12) % 100) / 100  # what is still to be learned: shows in the curve's slope
+        loss += slow / steps
+        curve = [loss + slow * (7 - i) / 7 / steps for i in range(8)]
+    return FakeResult(key, "ok", "", loss, n * 10, curve=curve)
 
 
 class Inline(Evaluator):

@@ -63,8 +63,9 @@ class RunConfig:
     best_k: int = 10  # cells written to best_cells.json
     optuna: str | None = None  # Optuna study file kept up to date after each generation (relative: in the run folder)
     train: dict = field(default_factory=dict)
-    # Multi-fidelity: {rungs: [b0, b1, ...], eta: 3, unit: steps|epochs}. Every chosen cell trains at rung 0;
-    # the best 1/eta continue (from their saved state) to the next rung; seed cells always reach the top.
+    # Multi-fidelity: {rungs: [b0, b1, ...], eta: 3, unit: steps|epochs, promote: loss|curve}. Every chosen cell
+    # trains at rung 0; the best 1/eta continue (from their saved state) to the next rung (at rung 0 ranked by
+    # `promote`); seed cells always reach the top.
     # null: one rung, the `train` budget.
     fidelity: dict | None = None
     lrs: list[float] | None = None  # learning rates raced per cell at rung 0 (null: the train lr only)
@@ -189,8 +190,10 @@ class RunConfig:
         """Check fidelity, lrs, match_params and confirm (ConfigError naming the key)."""
         f = self.fidelity
         if f is not None:
-            if not isinstance(f, dict) or set(f) - {"rungs", "eta", "unit"}:
-                raise ConfigError(f"fidelity must be a mapping with keys rungs, eta, unit; got {f!r}")
+            if not isinstance(f, dict) or set(f) - {"rungs", "eta", "unit", "promote"}:
+                raise ConfigError(f"fidelity must be a mapping with keys rungs, eta, unit, promote; got {f!r}")
+            if f.get("promote", "loss") not in ("loss", "curve"):
+                raise ConfigError(f"fidelity.promote must be loss or curve, got {f.get('promote')!r}")
             rungs, eta, unit = f.get("rungs"), f.get("eta", 3), f.get("unit", self.fidelity_unit())
             if (not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool)
                                                                      and r >= 1 for r in rungs)
@@ -232,6 +235,11 @@ class RunConfig:
     def eta(self) -> int:
         """Successive halving's reduction factor (1/eta of the cells go on to the next rung)."""
         return int((self.fidelity or {}).get("eta", 3))
+
+    def promote(self) -> str:
+        """What rung 0's promotions rank by: `loss` (its validation loss) or `curve` (the top-rung loss a
+        learning-curve predictor fitted on the run's archive expects, `evonas.evolution.curves`)."""
+        return str((self.fidelity or {}).get("promote", "loss"))
 
     def rung_budgets(self, base: dict | None = None) -> list[dict]:
         """The TrainConfig dict of each rung, lowest first (one rung, the `train` budget, without fidelity);

@@ -22,6 +22,7 @@ from evonas.cells import Node, canonical_text, check, parse, to_text
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluation import Evaluator, Job, failed_result
 from evonas.evaluation.factory import make_evaluator
+from evonas.evolution import curves
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
 from evonas.evolution.genome import make_individual, to_node
@@ -319,6 +320,8 @@ class Search:
         alive = [a for a in range(len(arms)) if not isinstance(base[a], str)]
         summary: list[dict] = []
         taus: list[float | None] = []
+        predictor = (curves.from_archive([w for w in self.archive.rows() if w["generation"] < g], len(rungs) - 1)
+                     if self.cfg.promote() == "curve" and len(rungs) > 1 else None)
         for r, budget in enumerate(rungs):
             jobs: list[Job] = []
             arm_of: dict[tuple, int] = {}
@@ -349,8 +352,14 @@ class Search:
                                             [res[a][r].get("valid_loss") for a in went_on]))
             if r + 1 == len(rungs):
                 break
-            ok = sorted((a for a in alive if math.isfinite(_loss(res[a][r]))),
-                        key=lambda a: (_loss(res[a][r]), arms[a][0].key, str(arms[a][1])))
+            ok = [a for a in alive if math.isfinite(_loss(res[a][r]))]
+            rank = {a: _loss(res[a][r]) for a in ok}
+            if r == 0 and predictor is not None and ok:  # rung 0 ranked by the expected top-rung loss
+                rank = dict(zip(ok, predictor.predict([curves.features(arms[a][0].key, _loss(res[a][0]),
+                                                                       res[a][0].get("curve") or [])
+                                                       for a in ok]), strict=True))
+                summary[-1]["promoted_by"] = f"curve ({predictor.n} cells)"
+            ok.sort(key=lambda a: (rank[a], arms[a][0].key, str(arms[a][1])))
             keep = set(ok[: max(1, len(alive) // eta)]) | {a for a in ok if arms[a][0].key in seed_keys}
             alive = [a for a in alive if a in keep]
         results, first = {}, {}
