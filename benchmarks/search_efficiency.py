@@ -4,7 +4,8 @@ vs evolution without / with the surrogate, several seeds, on the synthetic task 
   (a) random      random cells that pass the structural filters (ramped half-and-half, as generation 0)
   (b) random+sur  random candidates screened by the surrogate, refitted after each batch (Schrimpf et al. 2017)
   (c) evo         evonas.evolution.loop.Search, surrogate "none"
-  (d) evo+sur     Search with the surrogate screen (the same adapter `evonas evolve` uses)
+  (d) evo+sur     Search with the surrogate screen (the same adapter `evonas evolve` uses; acquisition mean)
+  (e) evo+ucb     (d) with `acquisition: ucb` (mean minus the ensemble's spread: optimistic where models disagree)
 
 All four train exactly the same number of cells with the same training config, the same evaluator and the same
 batch schedule (population, then `offspring` per round), and record every result in an evonas archive. With
@@ -52,7 +53,9 @@ from evonas.store.runlog import append_logbook, write_config
 from evonas.training.train import TrainConfig
 
 METHODS = {"random": "(a) random", "random+sur": "(b) random + surrogate", "evo": "(c) evolution",
-           "evo+sur": "(d) evolution + surrogate"}
+           "evo+sur": "(d) evolution + surrogate", "evo+ucb": "(e) evolution + surrogate, UCB acquisition"}
+# paired comparisons printed under each table: (better?, than), over seeds
+PAIRS = (("evo+sur", "random"), ("evo+sur", "evo"), ("evo+ucb", "evo+sur"))
 DONE = "done.json"
 
 
@@ -91,19 +94,22 @@ def run_config(task: str, data: str | None, seed: int, surrogate: str, args: arg
     })
 
 
-def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int):
+def make_screen(kind: str, run_dir: Path, seed: int, ensemble: int, args: argparse.Namespace,
+                acquisition: str = "mean"):
     """The surrogate screen of `evonas evolve`, wrapped so every prediction is logged for the report."""
     from evonas.surrogate.screen import make_screen as cli_screen
 
-    return RecordingScreen(cli_screen(kind, run_dir, seed, ensemble), run_dir)
+    return RecordingScreen(cli_screen(kind, run_dir, seed, ensemble, init=args.surrogate_init, acquisition=acquisition,
+                                      warm_epochs=args.surrogate_epochs), run_dir)
 
 
-def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screened: bool, surrogate: str) -> None:
+def random_search(cfg: RunConfig, run_dir: Path, evaluator, budget: dict, screened: bool, surrogate: str,
+                  args: argparse.Namespace) -> None:
     """Random search with the same batch schedule as evolution, optionally screened by the surrogate."""
     rng = random.Random(cfg.seed)
     tb = make_toolbox(cfg, rng)
     write_config(run_dir, {**cfg.to_dict(), "method": "random+sur" if screened else "random"})
-    screen = make_screen(surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble) if screened else None
+    screen = make_screen(surrogate, run_dir, cfg.seed, cfg.surrogate_ensemble, args) if screened else None
     from evonas.cells import library
 
     seeds = [library.resolve(s) for s in cfg.seed_cells]
@@ -161,10 +167,10 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
     budget = train_budget(task, data, seed, args)
     if args.rungs and args.rungs[-1] != budget.get("steps" if task == "synthetic" else "epochs"):
         raise SystemExit(f"--fidelity: the last rung ({args.rungs[-1]}) must be the full budget of {task}")
-    surrogate = args.surrogate if method.endswith("+sur") else "none"
+    surrogate = args.surrogate if method.endswith(("+sur", "+ucb")) else "none"
     cfg = run_config(task, data, seed, surrogate, args)
     marker = run_dir / DONE
-    settings = {"budget": budget, "config": cfg.to_dict()}
+    settings = {"budget": budget, "config": cfg.to_dict(), "screen": [args.surrogate_init, args.surrogate_epochs]}
     if marker.exists() and json.loads(marker.read_text()).get("settings") == settings:
         print(f"  reuse {run_dir}", file=sys.stderr)
     elif args.summarise_only:
@@ -180,11 +186,12 @@ def run_one(task: str, data: str | None, method: str, seed: int, args: argparse.
         run_dir.mkdir(parents=True)
         t0 = time.monotonic()
         if method.startswith("evo"):
-            screen = make_screen(surrogate, run_dir, seed, cfg.surrogate_ensemble) if surrogate != "none" else None
+            screen = (make_screen(surrogate, run_dir, seed, cfg.surrogate_ensemble, args,
+                                  "ucb" if method.endswith("+ucb") else "mean") if surrogate != "none" else None)
             Search(cfg, run_dir, evaluator=evaluator, screen=screen, budget=budget, stdout=io.StringIO(),
                    stderr=io.StringIO()).run()
         else:
-            random_search(cfg, run_dir, evaluator, budget, method.endswith("+sur"), args.surrogate)
+            random_search(cfg, run_dir, evaluator, budget, method.endswith("+sur"), args.surrogate, args)
         marker.write_text(json.dumps({"settings": settings, "seconds": round(time.monotonic() - t0, 1)}))
     with Archive(run_dir, create=False) as a:
         rows = a.rows()
@@ -224,6 +231,29 @@ def cells_to_reach(curve: list[float | None], target: float | None, strictly: bo
     return next((i + 1 for i, v in enumerate(curve) if v is not None and v <= target + margin), None)
 
 
+def paired_lines(res: dict[str, list[dict]], within: dict[str, list[float | None]], n: int) -> list[str]:
+    """For each pair in PAIRS that ran: the paired difference over seeds of the final best after n cells and of
+    the best full-budget loss within the CPU budget, with a one-sided paired t-test (is the first lower?)."""
+    from scipy.stats import ttest_rel
+
+    lines = []
+    for x, y in PAIRS:
+        if not res.get(x) or not res.get(y) or len(res[x]) != len(res[y]) or len(res[x]) < 2:
+            continue
+        for what, vx, vy in (("final best", [r["curve"][-1] if r["curve"] else None for r in res[x]],
+                              [r["curve"][-1] if r["curve"] else None for r in res[y]]),
+                             ("best within the CPU budget", within.get(x, []), within.get(y, []))):
+            pairs = [(a, b) for a, b in zip(vx, vy, strict=True) if a is not None and b is not None]
+            if len(pairs) < 2:
+                continue
+            diff = [b - a for a, b in pairs]
+            p = ttest_rel([a for a, _ in pairs], [b for _, b in pairs], alternative="less").pvalue
+            lines.append(f"- {METHODS[y]} minus {METHODS[x]}, {what}, paired over {len(pairs)} seeds: "
+                         f"{statistics.fmean(diff):+.4f} ± {statistics.stdev(diff):.4f}; one-sided paired t-test "
+                         f"({x} lower) p = {p:.3g}")
+    return ["", *lines] if lines else []
+
+
 def summarise(task: str, res: dict[str, list[dict]], n: int) -> list[str]:
     """Markdown lines of one task: table per method and the (d)-vs-(a) ratio per seed."""
     lines = [f"### {task}", "", "| method | best validation loss after "
@@ -252,17 +282,7 @@ def summarise(task: str, res: dict[str, list[dict]], n: int) -> list[str]:
         sd = statistics.stdev(cpus) if len(cpus) > 1 else 0.0
         lines.append(f"| {label} | {statistics.fmean(cpus):.0f} ± {sd:.0f} | {mean_sd(got)} | "
                      f"{len(got)}/{len(runs)} |")
-    if within.get("evo+sur") and within.get("random") and len(within["random"]) > 1:
-        pairs = [(x, y) for x, y in zip(within["random"], within["evo+sur"], strict=True)
-                 if x is not None and y is not None]
-        if len(pairs) > 1:
-            from scipy.stats import ttest_rel
-
-            p = ttest_rel([y for _, y in pairs], [x for x, _ in pairs], alternative="less").pvalue
-            diff = [x - y for x, y in pairs]
-            lines.append(f"\n(d) - (a) within the budget, paired over {len(pairs)} seeds: (a) minus (d) = "
-                         f"{statistics.fmean(diff):+.4f} ± {statistics.stdev(diff):.4f}, one-sided paired t-test "
-                         f"p = {p:.3g}")
+    lines += paired_lines(res, within, n)
     a, d = res.get("random", []), res.get("evo+sur", [])
     if a and d:
         lines += ["", "Cells (d) needs to reach (a)'s final best (same seed). All methods with one seed share the "
@@ -310,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--surrogate", default="treelstm", choices=["treelstm", "gnn"])
     p.add_argument("--surrogate-ensemble", type=int, default=1,
                    help="models in the screen (1 reproduces the README's table; `evonas evolve` defaults to 3)")
+    p.add_argument("--surrogate-init", default="builtin",
+                   help="builtin (the default of `evonas evolve`), none (cold, the README's first table) or a folder")
+    p.add_argument("--surrogate-epochs", type=int, default=None,
+                   help="fine-tuning epochs per refit (configs/default.yaml uses 20; default: the surrogate's own)")
     p.add_argument("--screen-factor", type=int, default=4)
     p.add_argument("--fidelity", default="", help="rungs for the evolution methods, e.g. 100,300,1500 (the last "
                    "must be the full budget: --steps on synthetic, --jsb-epochs on JSB)")
