@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                     extra += f"  (fitted on {statistics.mean(s[f'n {name}'] for s in splits):.0f} cells)"
             sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
             print(f"{name:<22} {statistics.mean(vals):>8.3f} {sd:>6.3f}{extra}")
+        if "surrogate all rungs" in splits[0]:
+            every, first = [s["surrogate all rungs"] for s in splits], [s["surrogate first rung"] for s in splits]
+            print(f"surrogate all rungs - first rung: {statistics.mean(every) - statistics.mean(first):+.3f}, "
+                  f"paired t-test p = {ttest_rel(every, first).pvalue:.3f}; per split "
+                  + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(every, first, strict=True)))
     return 0
 
 
