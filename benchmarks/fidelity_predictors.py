@@ -14,7 +14,14 @@ against the top-rung loss of:
   surrogate all rungs      the same fine-tuned on every rung the training cells reached (`surrogate.fidelity`)
 and mean +- sd over splits with a paired t-test of each against the rung-0 loss.
 
-    .venv/bin/python benchmarks/fidelity_predictors.py runs/syn.csv [runs/jsb.csv] [--splits 5]
+    .venv/bin/python benchmarks/fidelity_predictors.py benchmarks/data/rungs_synthetic.csv \
+        benchmarks/data/rungs_jsb.csv --splits 5
+
+The two datasets were made with (about 14 and 41 minutes on 2 shared cores):
+    .venv/bin/python benchmarks/proxy_fidelity.py --task synthetic --budgets 40,120,360 --hidden 32 --random 60 \
+        --mutants 60 --workers 2 --out benchmarks/data/rungs_synthetic.csv
+    .venv/bin/python benchmarks/proxy_fidelity.py --task music --budgets 2,6,18 --hidden 64 --lr 0.01 --random 40 \
+        --mutants 40 --workers 2 --out benchmarks/data/rungs_jsb.csv
 """
 
 from __future__ import annotations
