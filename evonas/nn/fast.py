@@ -417,7 +417,9 @@ def fast_forward(
         memory = static(plan.memory) if code.static_memory else None
         if memory is not None:  # c_prev of each step, as one more static feed
             feeds.append(torch.cat([c.unsqueeze(0), memory[:-1]]) if c is not None else memory)
-        terms = [group_term(operand) for operand, _ in plan.group_slots]
+        terms = [_cat([biases[values[m].param] for m in plan.dynamic_groups[operand].members]) if bias_only
+                 else group_term(operand) for (operand, _), bias_only in zip(plan.group_slots, code.bias_only,
+                                                                              strict=True)]
         group_weights = [_cat([weights[values[m].param] for m in plan.dynamic_groups[operand].members])
                          for operand, _ in plan.group_slots]
         consts: list[Tensor] = []

@@ -27,14 +27,22 @@ ACT_BACKWARD = {"Sigmoid": "sigmoid_bw({g}, {y})", "Tanh": "tanh_bw({g}, {y})", 
 UNARY = {"Sin": "torch.sin", "Cos": "torch.cos", "SELU": "selu", "LeakyReLU": "leaky_relu"}
 BINARY = {"Add": "torch.add", "Sub": "torch.sub", "Mult": "torch.mul"}
 KNOWN = {"group", "Diag", "LayerNorm", "PosEnc", "Div", "Gate3", *ACT_FORWARD, *UNARY, *BINARY}
+
+
+def _aten(name: str) -> Callable[..., Any]:
+    """An aten operator without the Python frame of `OpOverload.__call__` (~1 us per call, thousands per step)."""
+    op = getattr(torch.ops.aten, name).default
+    return getattr(op, "_op", op)
+
+
 NAMESPACE: dict[str, Any] = {
     "torch": torch, "addmm": torch.addmm, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
     "selu": torch.nn.functional.selu, "leaky_relu": lambda a: torch.nn.functional.leaky_relu(a, LEAKY_SLOPE),
     "gate3": gate3, "cat": torch.cat, "addcmul": torch.addcmul, "layer_norm": torch.native_layer_norm,
-    "sigmoid_bw": torch.ops.aten.sigmoid_backward.default, "tanh_bw": torch.ops.aten.tanh_backward.default,
-    "threshold_bw": torch.ops.aten.threshold_backward.default,
-    "leaky_bw": torch.ops.aten.leaky_relu_backward.default, "elu_bw": torch.ops.aten.elu_backward.default,
-    "layer_norm_bw": torch.ops.aten.native_layer_norm_backward.default,
+    "sigmoid_bw": _aten("sigmoid_backward"), "tanh_bw": _aten("tanh_backward"),
+    "threshold_bw": _aten("threshold_backward"),
+    "leaky_bw": _aten("leaky_relu_backward"), "elu_bw": _aten("elu_backward"),
+    "layer_norm_bw": _aten("native_layer_norm_backward"),
     "DIV_EPS": DIV_EPS, "LEAKY_SLOPE": LEAKY_SLOPE, "SELU_ALPHA": SELU_ALPHA, "SELU_SCALE": SELU_SCALE,
 }
 
@@ -89,6 +97,9 @@ class LoopCode:
             self.const_slots += [slot] if kind == "diag" else [slot, slot + 1]
         self.n_groups = len(plan.group_slots)
         self.groups = {s[3][0]: s for s in steps if s[0] == "group"}
+        # a product whose additive term is its bias alone gets the bias `[k*H]`, not `[T, B, k*H]`
+        self.bias_only = [operand not in plan.paired and all(f is None for f in plan.dynamic_groups[operand].fold)
+                          for operand, _ in plan.group_slots]
         fwd, bwd = self._forward(steps), self._backward(steps)
         saved = sorted(self._needed)
         self.source = "\n".join([*self._function(fwd, saved, True), *self._function(fwd, saved, False), *bwd])
@@ -107,7 +118,7 @@ class LoopCode:
             s = [f"s{a}" for a in args]
             if op == "group":
                 j, k, runs = extra
-                lines.append(f"p = addmm(tm{j}[t], {s[0]}, wt{j})")
+                lines.append(f"p = addmm(tm{j}{'' if self.bias_only[j] else '[t]'}, {s[0]}, wt{j})")
                 if len(runs) > 1:
                     lines.append(f"ps = p.split_with_sizes({[n * plan.hidden for _, n in runs]}, 1)")
                 first = out
@@ -250,9 +261,8 @@ class _Loop(torch.autograd.Function):
     def forward(ctx: Any, code: LoopCode, steps: int, h0: Tensor, c0: Tensor | None,  # type: ignore[override]
                 *tensors: Tensor) -> Any:
         feeds, terms, weights, consts = code_split(code, tensors)
-        outs, saved, operands, _, c = code.forward_save(steps, [f.unbind(0) for f in feeds],
-                                                        [t.unbind(0) for t in terms], [w.t() for w in weights],
-                                                        consts, h0, c0)
+        outs, saved, operands, _, c = code.forward_save(steps, [f.unbind(0) for f in feeds], _per_step(code, terms),
+                                                        [w.t() for w in weights], consts, h0, c0)
         ctx.code, ctx.steps, ctx.saved, ctx.operands = code, steps, saved, operands
         ctx.save_for_backward(*weights, *consts)
         out = torch.stack(outs)
@@ -273,14 +283,21 @@ class _Loop(torch.autograd.Function):
         gh, gc0, gf, gp, acc = code.backward(steps, ctx.saved, gout.unbind(0), weights, consts, zeros, zeros,
                                              gc if gc is not None else zeros)
         gfeeds = [torch.stack(g[::-1]) if g else None for g in gf]
-        gterms = [torch.stack(g[::-1]) for g in gp]
-        gweights = [gt.reshape(-1, gt.shape[-1]).t().mm(torch.cat(ops)) for gt, ops in zip(gterms, ctx.operands,
-                                                                                           strict=True)]
+        gterms, gweights = [], []
+        for j, (g, ops) in enumerate(zip(gp, ctx.operands, strict=True)):
+            rows = torch.stack(g[::-1]).view(-1, g[0].shape[-1])  # [T*B, k*H], in step order
+            gweights.append(rows.t().mm(torch.cat(ops)))
+            gterms.append(rows.sum(0) if code.bias_only[j] else rows.view(steps, batch, -1))
         gconsts = []
         for slot in code.const_slots:
             a = acc[slot]
             gconsts.append(a.sum(0) if a is not None and a.dim() == 2 else a)
         return (None, None, gh, gc0, *gfeeds, *gterms, *gweights, *gconsts)
+
+
+def _per_step(code: LoopCode, terms: list[Tensor]) -> list[Tensor | tuple[Tensor, ...]]:
+    """The additive terms as the generated loop reads them: per step, or the bias itself."""
+    return [t if bias else t.unbind(0) for t, bias in zip(terms, code.bias_only, strict=True)]
 
 
 def code_split(code: LoopCode, tensors: tuple[Tensor, ...]) -> tuple[list, list, list, list]:
@@ -299,6 +316,6 @@ def run_loop(code: LoopCode, steps: int, h: Tensor, c: Tensor | None, feeds: lis
     if torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, *tensors) if t is not None):
         result = _Loop.apply(code, steps, h, c, *tensors)
         return (result[0], result[1]) if code.plan.memory_slot is not None else (result, None)
-    outs, _, _, _, c = code.forward(steps, [f.unbind(0) for f in feeds], [t.unbind(0) for t in terms],
+    outs, _, _, _, c = code.forward(steps, [f.unbind(0) for f in feeds], _per_step(code, terms),
                                     [w.t() for w in weights], consts, h, c)
     return torch.stack(outs), (c if code.plan.memory_slot is not None else None)
