@@ -172,20 +172,22 @@ class LoopCode:
     def _backward(self, steps: list[tuple]) -> list[str]:
         """`backward`: the steps in reverse; returns the gradients of h0, c0, feeds, terms, constants."""
         plan, b = self.plan, _Backward()
-        b.assigned.add(plan.root_slot)  # seeded below
+        # h_t's gradient is carried (gh); h_{t-1}'s starts as its output gradient GN[t] (zeros at t = 0), so
+        # every contribution to it accumulates: a product's becomes one addmm instead of an mm and an add
+        b.assigned.update((plan.root_slot, plan.h_slot))
         if plan.memory_slot is not None:
             b.acc(plan.memory_slot, "id", "gc")
         for op, out, args, extra in reversed(steps):
             self._derivative(b, op, out, args, extra)
-        uses_h, uses_c = plan.h_slot in b.assigned, plan.c_slot in b.assigned
+        uses_c = plan.c_slot in b.assigned
         self._needed = b.needed
         lines = [f"{''.join(f'{n}, ' for n in sorted(b.needed))}= S[t]"] if b.needed else []
-        lines.append(f"g{plan.root_slot} = GO[t] + gh" if uses_h else f"g{plan.root_slot} = GO[t]")
-        lines += b.lines
+        lines += [f"g{plan.root_slot} = gh", f"g{plan.h_slot} = GN[t]", *b.lines]
         lines += [f"GF[{k}].append({b.grad(slot)})" for k, slot in enumerate(self.feed_slots) if slot in b.assigned]
-        lines += [f"gh = g{plan.h_slot}"] if uses_h else []
+        lines.append(f"gh = g{plan.h_slot}")
         lines += [f"gc = {b.grad(plan.c_slot)}"] if plan.memory_slot is not None else []
-        head = ["def backward(T, S, GO, W, C, Z, gh, gc):",
+        head = ["def backward(T, S, GO, W, C, Z, gc):",
+                "    GN, gh = (Z, *GO[:-1]), GO[-1]",
                 f"    {''.join(f'w{j}, ' for j in range(self.n_groups))}_ = *W, None",
                 f"    {''.join(f's{slot}, ' for slot in self.const_slots)}_ = *C, None",
                 f"    GF = {[[] for _ in self.feed_slots]}",
@@ -193,7 +195,7 @@ class LoopCode:
                 f"    A = {dict.fromkeys(self.const_slots)}",
                 "    for t in range(T - 1, -1, -1):"]
         carried_c = uses_c and plan.memory_slot is not None
-        tail = f"    return {'gh' if uses_h else 'None'}, {'gc' if carried_c else 'None'}, GF, GP, A"
+        tail = f"    return gh, {'gc' if carried_c else 'None'}, GF, GP, A"
         return [*head, *(f"        {line}" for line in lines), tail, ""]
 
     def _derivative(self, b: _Backward, op: str, out: int, args: tuple[int, ...], extra: Any) -> None:
@@ -280,7 +282,7 @@ class _Loop(torch.autograd.Function):
         weights, consts = params[:n_w], params[n_w:]
         steps, batch, hidden = ctx.out_shape
         zeros = gout.new_zeros(batch, hidden)
-        gh, gc0, gf, gp, acc = code.backward(steps, ctx.saved, gout.unbind(0), weights, consts, zeros, zeros,
+        gh, gc0, gf, gp, acc = code.backward(steps, ctx.saved, gout.unbind(0), weights, consts, zeros,
                                              gc if gc is not None else zeros)
         gfeeds = [torch.stack(g[::-1]) if g else None for g in gf]
         gterms, gweights = [], []
