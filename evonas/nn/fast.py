@@ -119,20 +119,21 @@ class Plan:
         self.acts: dict[int, int] = {}  # a dynamic MM (or folded Add) -> its only consumer, an activation
         for g in self.dynamic_groups.values():
             self._order_by_activation(g, consumers)
-        # A dynamic group whose addends are exactly the members of one static group (the LSTM/GRU case):
-        # compute its additive term directly as one product, weights ordered like the dynamic group.
+        # A dynamic group whose addends are all members of one static group (the LSTM/GRU case): compute its
+        # additive term directly as one product (biases summed in), weights ordered like the dynamic group, and
+        # leave the static group the rest (the GRU's candidate MM(x) pairs with its own recurrent product).
         self.paired: dict[int, Group] = {}  # dynamic operand -> static group producing its additive term
-        used: set[int] = set()
         for op_vid, g in self.dynamic_groups.items():
             if any(f is None for f in g.fold):
                 continue
             sg = self.static_groups.get(self.values[g.fold[0]].args[0]) if self.values[g.fold[0]].op == "MM" else None
-            if sg is None or sg.operand in used or sorted(sg.members) != sorted(g.fold):
+            if sg is None or not set(g.fold) <= set(sg.members):  # a folded static MM has no other consumer
                 continue
-            used.add(sg.operand)
             self.paired[op_vid] = Group(sg.operand, list(g.fold), [None] * len(g.fold), [None] * len(g.fold))
-        for operand in used:
-            del self.static_groups[operand]
+            sg.members = [m for m in sg.members if m not in g.fold]
+            sg.fold, sg.adds = [None] * len(sg.members), [None] * len(sg.members)
+            if not sg.members:
+                del self.static_groups[sg.operand]
 
     def _order_by_activation(self, g: Group, consumers: dict[int, list[int]]) -> None:
         """Record members whose value feeds only one activation, and put equal activations side by side.
