@@ -25,7 +25,7 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 ACT_FORWARD = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu"}
 ACT_BACKWARD = {"Sigmoid": "sigmoid_bw({g}, {y})", "Tanh": "tanh_bw({g}, {y})", "ReLU": "threshold_bw({g}, {y}, 0)"}
 UNARY = {"Sin": "torch.sin", "Cos": "torch.cos", "SELU": "selu", "LeakyReLU": "leaky_relu"}
-BINARY = {"Add": "torch.add", "Sub": "torch.sub", "Mult": "torch.mul"}
+BINARY = {"Add": "{0} + {1}", "Sub": "{0} - {1}", "Mult": "{0} * {1}"}
 KNOWN = {"group", "Diag", "LayerNorm", "PosEnc", "Div", "Gate3", *ACT_FORWARD, *UNARY, *BINARY}
 
 
@@ -50,10 +50,12 @@ NAMESPACE: dict[str, Any] = {
 class _Backward:
     """Emits one step's backward: gradient accumulation per slot, first contribution assigns."""
 
-    def __init__(self) -> None:
+    def __init__(self, feeds: list[int], consts: list[int]) -> None:
         self.lines: list[str] = []
         self.assigned: set[int] = set()
         self.needed: set[str] = set()  # forward names the backward reads (saved per step)
+        self.feeds, self.consts = feeds, {f"s{c}" for c in consts}
+        self.deferred: list[list[int]] = [[] for _ in feeds]  # per feed: products computed after the loop
 
     def use(self, name: str) -> str:
         self.needed.add(name)
@@ -61,6 +63,12 @@ class _Backward:
 
     def acc(self, slot: int, kind: str, *e: str) -> None:
         """g[slot] += contribution; kind: id (e), mm (e0 @ e1), neg (-e), mul (e0*e1), negmul (-e0*e1)."""
+        if kind == "mul" and slot in self.feeds and all(n.isidentifier() and n not in self.consts for n in e):
+            # a product into a static value's gradient: one product over all steps after the loop
+            d = sum(map(len, self.deferred))
+            self.deferred[self.feeds.index(slot)].append(d)
+            self.lines += [f"DA[{d}].append({e[0]})", f"DB[{d}].append({e[1]})"]
+            return
         g, first = f"g{slot}", slot not in self.assigned
         self.assigned.add(slot)
         if kind == "id":
@@ -143,8 +151,8 @@ class LoopCode:
             elif op == "Gate3":
                 lines.append(f"s{out} = gate3({', '.join(s)})")
             else:
-                fn = ACT_FORWARD.get(op) or UNARY.get(op) or BINARY[op]
-                lines.append(f"s{out} = {fn}({', '.join(s)})")
+                fn = ACT_FORWARD.get(op) or UNARY.get(op)
+                lines.append(f"s{out} = {fn}({', '.join(s)})" if fn else f"s{out} = {BINARY[op].format(*s)}")
         return lines
 
     def _function(self, body: list[str], saved: list[str], save: bool) -> list[str]:
@@ -171,7 +179,7 @@ class LoopCode:
 
     def _backward(self, steps: list[tuple]) -> list[str]:
         """`backward`: the steps in reverse; returns the gradients of h0, c0, feeds, terms, constants."""
-        plan, b = self.plan, _Backward()
+        plan, b = self.plan, _Backward(self.feed_slots, self.const_slots)
         # h_t's gradient is carried (gh); h_{t-1}'s starts as its output gradient GN[t] (zeros at t = 0), so
         # every contribution to it accumulates: a product's becomes one addmm instead of an mm and an add
         b.assigned.update((plan.root_slot, plan.h_slot))
@@ -193,9 +201,12 @@ class LoopCode:
                 f"    GF = {[[] for _ in self.feed_slots]}",
                 f"    GP = {[[] for _ in range(self.n_groups)]}",
                 f"    A = {dict.fromkeys(self.const_slots)}",
+                f"    DA, DB = {[[] for _ in range(sum(map(len, b.deferred)))]}, "
+                f"{[[] for _ in range(sum(map(len, b.deferred)))]}",
                 "    for t in range(T - 1, -1, -1):"]
         carried_c = uses_c and plan.memory_slot is not None
-        tail = f"    return gh, {'gc' if carried_c else 'None'}, GF, GP, A"
+        self.deferred = b.deferred
+        tail = f"    return gh, {'gc' if carried_c else 'None'}, GF, GP, A, DA, DB"
         return [*head, *(f"        {line}" for line in lines), tail, ""]
 
     def _derivative(self, b: _Backward, op: str, out: int, args: tuple[int, ...], extra: Any) -> None:
@@ -282,9 +293,13 @@ class _Loop(torch.autograd.Function):
         weights, consts = params[:n_w], params[n_w:]
         steps, batch, hidden = ctx.out_shape
         zeros = gout.new_zeros(batch, hidden)
-        gh, gc0, gf, gp, acc = code.backward(steps, ctx.saved, gout.unbind(0), weights, consts, zeros,
+        gh, gc0, gf, gp, acc, da, db = code.backward(steps, ctx.saved, gout.unbind(0), weights, consts, zeros,
                                              gc if gc is not None else zeros)
-        gfeeds = [torch.stack(g[::-1]) if g else None for g in gf]
+        gfeeds = []
+        for g, deferred in zip(gf, code.deferred, strict=True):
+            parts = [torch.stack(g[::-1])] if g else []
+            parts += [torch.stack(da[d][::-1]) * torch.stack(db[d][::-1]) for d in deferred]
+            gfeeds.append(sum(parts[1:], parts[0]) if parts else None)
         gterms, gweights = [], []
         for j, (g, ops) in enumerate(zip(gp, ctx.operands, strict=True)):
             rows = torch.stack(g[::-1]).view(-1, g[0].shape[-1])  # [T*B, k*H], in step order
