@@ -7,19 +7,23 @@ generated once per plan (`LoopCode`): the forward runs the steps without autogra
 derivatives need; the backward runs the steps in reverse with each operator's derivative written out. What
 lies outside the loop gets its gradient for all steps at once: each product's additive term (biases, hoisted
 MMs) and each static value one `[T, B, n]` tensor (autograd then does one op over all steps for them), each
-recurrent weight one product over all T*B rows. Operators it does not know make `LoopCode.supported` False,
+recurrent weight one product over all T*B rows, and a product into a static value's gradient one product
+after the loop. Operators it does not know make `LoopCode.supported` False,
 and the plan runs as before (`evonas.nn.fast`), as it also does with `module.loop_grad = False`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from evonas.nn.ops import DIV_EPS, LEAKY_SLOPE, gate3
+
+if TYPE_CHECKING:
+    from evonas.nn.fast import Plan
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 ACT_FORWARD = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu"}
@@ -30,7 +34,7 @@ KNOWN = {"group", "Diag", "LayerNorm", "PosEnc", "Div", "Gate3", *ACT_FORWARD, *
 
 
 def _aten(name: str) -> Callable[..., Any]:
-    """An aten operator without the Python frame of `OpOverload.__call__` (~1 us per call, thousands per step)."""
+    """An aten operator without the Python frame of `OpOverload.__call__` (~1 us a call, hundreds a step)."""
     op = getattr(torch.ops.aten, name).default
     return getattr(op, "_op", op)
 
@@ -58,6 +62,7 @@ class _Backward:
         self.deferred: list[list[int]] = [[] for _ in feeds]  # per feed: products computed after the loop
 
     def use(self, name: str) -> str:
+        """A forward value the backward reads: the forward then saves it per step."""
         self.needed.add(name)
         return name
 
@@ -91,8 +96,9 @@ class _Backward:
 class LoopCode:
     """A plan's time loop as generated Python: `forward_save`, `forward` (no saving) and `backward`."""
 
-    def __init__(self, plan: Any):
-        steps = getattr(plan, "steps", [])
+    def __init__(self, plan: Plan):
+        """Generate and compile the loop of `plan` (once per plan); `supported` False leaves it to autograd."""
+        steps = plan.steps
         self.plan = plan
         self.supported = (all(s[0] in KNOWN for s in steps) and plan.root_slot not in (plan.h_slot, plan.c_slot)
                           and len(plan.group_slots) == sum(s[0] == "group" for s in steps))
@@ -273,6 +279,7 @@ class _Loop(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, code: LoopCode, steps: int, h0: Tensor, c0: Tensor | None,  # type: ignore[override]
                 *tensors: Tensor) -> Any:
+        """Run the steps without autograd, saving per step what `backward` reads; return all h (and c_T)."""
         feeds, terms, weights, consts = code_split(code, tensors)
         outs, saved, operands, _, c = code.forward_save(steps, [f.unbind(0) for f in feeds], _per_step(code, terms),
                                                         [w.t() for w in weights], consts, h0, c0)
@@ -287,6 +294,7 @@ class _Loop(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gout: Tensor, gc: Tensor | None = None) -> tuple:  # type: ignore[override]
+        """Run the steps in reverse; stack per-step gradients of what lies outside the loop into one each."""
         code: LoopCode = ctx.code
         n_w = code.n_groups
         params = ctx.saved_tensors
