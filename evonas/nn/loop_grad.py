@@ -15,15 +15,12 @@ and the plan runs as before (`evonas.nn.fast`), as it also does with `module.loo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from evonas.nn.ops import DIV_EPS, LEAKY_SLOPE, gate3
-
-if TYPE_CHECKING:
-    from evonas.nn.fast import Plan
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 ACT_FORWARD = {"Sigmoid": "sigmoid", "Tanh": "tanh", "ReLU": "relu"}
@@ -96,7 +93,7 @@ class _Backward:
 class LoopCode:
     """A plan's time loop as generated Python: `forward_save`, `forward` (no saving) and `backward`."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Any):  # an evonas.nn.fast.Plan (which imports this module)
         """Generate and compile the loop of `plan` (once per plan); `supported` False leaves it to autograd."""
         steps = plan.steps
         self.plan = plan
