@@ -75,6 +75,7 @@ class CompiledCell(nn.Module):
         self.plan = Plan(cell, input_size, hidden_size)
         self.fused = match(cell)  # the LSTM or PyTorch-form GRU: which MM is which gate, else None
         self.use_fused = True
+        self.loop_grad = True  # False: the plan's loop under autograd instead of evonas.nn.loop_grad
 
     def __getstate__(self) -> dict:
         """Copy/pickle without the plan (it holds closures); `__setstate__` rebuilds it from the cell."""

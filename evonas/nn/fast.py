@@ -24,6 +24,7 @@ from torch import Tensor
 
 from evonas.cells import Node
 from evonas.cells.ops import INPUT_SOURCES
+from evonas.nn.loop_grad import LoopCode, run_loop
 from evonas.nn.ops import ELEMENTWISE, finish_operands, position_encoding, weight_gradient_tap
 
 PARAM_OPS = ("MM", "Diag", "LayerNorm")
@@ -85,6 +86,13 @@ class Plan:
         self.root = visit(cell)
         self._group()
         self._schedule()
+        self._code: LoopCode | None = None
+
+    def loop_code(self) -> LoopCode:
+        """The time loop as generated code with hand-written derivatives (`evonas.nn.loop_grad`), built once."""
+        if self._code is None:
+            self._code = LoopCode(self)
+        return self._code
 
     def _group(self) -> None:
         """Group MMs by operand (static and dynamic apart) and fold `Add(static, MM(dynamic))`."""
@@ -111,20 +119,21 @@ class Plan:
         self.acts: dict[int, int] = {}  # a dynamic MM (or folded Add) -> its only consumer, an activation
         for g in self.dynamic_groups.values():
             self._order_by_activation(g, consumers)
-        # A dynamic group whose addends are exactly the members of one static group (the LSTM/GRU case):
-        # compute its additive term directly as one product, weights ordered like the dynamic group.
+        # A dynamic group whose addends are all members of one static group (the LSTM/GRU case): compute its
+        # additive term directly as one product (biases summed in), weights ordered like the dynamic group, and
+        # leave the static group the rest (the GRU's candidate MM(x) pairs with its own recurrent product).
         self.paired: dict[int, Group] = {}  # dynamic operand -> static group producing its additive term
-        used: set[int] = set()
         for op_vid, g in self.dynamic_groups.items():
             if any(f is None for f in g.fold):
                 continue
             sg = self.static_groups.get(self.values[g.fold[0]].args[0]) if self.values[g.fold[0]].op == "MM" else None
-            if sg is None or sg.operand in used or sorted(sg.members) != sorted(g.fold):
+            if sg is None or not set(g.fold) <= set(sg.members):  # a folded static MM has no other consumer
                 continue
-            used.add(sg.operand)
             self.paired[op_vid] = Group(sg.operand, list(g.fold), [None] * len(g.fold), [None] * len(g.fold))
-        for operand in used:
-            del self.static_groups[operand]
+            sg.members = [m for m in sg.members if m not in g.fold]
+            sg.fold, sg.adds = [None] * len(sg.members), [None] * len(sg.members)
+            if not sg.members:
+                del self.static_groups[sg.operand]
 
     def _order_by_activation(self, g: Group, consumers: dict[int, list[int]]) -> None:
         """Record members whose value feeds only one activation, and put equal activations side by side.
@@ -152,6 +161,7 @@ class Plan:
         self.feeds: list[tuple[int, str, int]] = []  # (slot, kind, id): per-step inputs from static tensors
         self.consts: list[tuple[int, str, int]] = []  # (slot, kind, id): per-forward tensors (weights)
         self.group_slots: list[tuple[int, int]] = []  # (operand, first of 3 slots: term, weight.T, operands)
+        self.steps: list[tuple] = []  # the instructions as data, for evonas.nn.loop_grad: (op, out, args, extra)
         self.n_slots = 0
         self.h_slot = self._new_slot()
         self.c_slot = self._new_slot()
@@ -234,6 +244,8 @@ class Plan:
                 runs[-1] = (fn, runs[-1][1] + 1)
             else:
                 runs.append((fn, 1))
+        names = [(None if fn is None else next(n for n in ACTIVATIONS if ELEMENTWISE[n] is fn), n) for fn, n in runs]
+        self.steps.append(("group", out, (a,), (len(self.group_slots) - 1, k, names)))
         addmm = torch.addmm
         if len(runs) == 1 and runs[0][0] is None and k == 1:
 
@@ -281,6 +293,8 @@ class Plan:
         if v.op == "Diag":
             w, (i,) = self._const("diag", v.param), args
 
+            self.steps.append(("Diag", out, (i,), w))
+
             def run(s: Slots) -> None:
                 s[out] = s[w] * s[i]
 
@@ -288,6 +302,7 @@ class Plan:
             wb, (i,), shape = self._new_slot(2), args, (v.size,)
             self.consts.append((wb, "layernorm", v.param))
             layer_norm = F.layer_norm
+            self.steps.append(("LayerNorm", out, (i,), wb))
 
             def run(s: Slots) -> None:
                 s[out] = layer_norm(s[i], shape, s[wb], s[wb + 1])
@@ -295,12 +310,14 @@ class Plan:
         elif v.op == "PosEnc":
             p, (i,) = self._new_slot(), args
             self.feeds.append((p, "posenc", v.size))
+            self.steps.append(("PosEnc", out, (i,), p))
 
             def run(s: Slots) -> None:
                 s[out] = s[i] + s[p]
 
         else:
             run = _pointwise(ELEMENTWISE[v.op], args, out)
+            self.steps.append((v.op, out, tuple(args), None))
         self.instructions.append(run)
         return out
 
@@ -395,6 +412,24 @@ def fast_forward(
         zeros = x.new_zeros(steps, batch, hidden)
         return torch.cat([static(f) if f is not None else zeros for f in g.fold], -1) + bias
 
+    code = plan.loop_code() if getattr(module, "loop_grad", True) else None
+    if code is not None and code.supported:
+        feeds = [static(ident) if kind == "static" else posenc(ident) for _, kind, ident in plan.feeds]
+        memory = static(plan.memory) if code.static_memory else None
+        if memory is not None:  # c_prev of each step, as one more static feed
+            feeds.append(torch.cat([c.unsqueeze(0), memory[:-1]]) if c is not None else memory)
+        terms = [_cat([biases[values[m].param] for m in plan.dynamic_groups[operand].members]) if bias_only
+                 else group_term(operand) for (operand, _), bias_only in zip(plan.group_slots, code.bias_only,
+                                                                              strict=True)]
+        group_weights = [_cat([weights[values[m].param] for m in plan.dynamic_groups[operand].members])
+                         for operand, _ in plan.group_slots]
+        consts: list[Tensor] = []
+        for _, kind, ident in plan.consts:
+            consts += [module.diag[ident]] if kind == "diag" else [module.layernorm[ident].weight,
+                                                                   module.layernorm[ident].bias]
+        out, c_t = run_loop(code, steps, h, c if plan.memory_slot is not None else None, feeds, terms,
+                            group_weights, consts)
+        return out, out[-1], c_t if memory is None else memory[-1]
     slots: list = [None] * plan.n_slots
     for slot, kind, ident in plan.consts:
         if kind == "diag":
