@@ -32,7 +32,7 @@ def ok_result(key: str, reason: str = "") -> dict:
     """A complete ok result for `key`."""
     return {"cell": key, "status": "ok", "reason": reason, "valid_loss": loss_of(key), "valid_ppl": None,
             "test_loss": None, "test_ppl": None, "params": len(key), "seconds": 0.01, "steps": 3, "epochs": 0.5,
-            "cpu_seconds": 0.01}
+            "cpu_seconds": 0.01, "curve": []}
 
 
 def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job

@@ -40,7 +40,7 @@ def test_add_and_read_back(tmp_path):
         row = a.get("A")
         assert set(row) == set(COLUMNS)
         assert row["cell"] == "  A  " and row["task"] == "synthetic" and row["budget"] == CONFIG
-        assert row["metrics"] == {**jobs_mod.ok_result("A"), "rung": 0, "curve": []}
+        assert row["metrics"] == {**jobs_mod.ok_result("A"), "rung": 0}
         assert row["status"] == "ok" and row["generation"] == 2
         assert row["valid_loss"] == jobs_mod.loss_of("A") and row["params"] == 1 and row["seconds"] == 0.01
         assert row["started_at"] <= row["finished_at"]

@@ -208,3 +208,14 @@ def test_cuda_rng_states_are_saved_and_restored(tmp_path, fake_cuda_rng, monkeyp
 def test_cuda_rng_is_not_captured_where_cuda_was_never_used(fake_cuda_rng, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # asking would create a CUDA context
     assert "cuda" not in capture_rng(torch=True)
+
+
+def test_a_save_after_one_killed_between_keeping_and_replacing_leaves_no_stray_file(tmp_path):
+    """Killed right after keeping the previous copy, a save leaves checkpoint.json and .prev.json as two links to
+    one file; the next save must still end with exactly the two files (rename of a link onto its twin is a no-op)."""
+    save_checkpoint(tmp_path, {"generation": 1})
+    os.link(tmp_path / CHECKPOINT, tmp_path / "twin")
+    os.replace(tmp_path / "twin", tmp_path / PREVIOUS)
+    save_checkpoint(tmp_path, {"generation": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, PREVIOUS]
+    assert load_checkpoint(tmp_path)["generation"] == 2

@@ -122,6 +122,9 @@ def _keep_as_previous(current: Path, previous: Path) -> None:
         with open(staged, "rb+") as f:
             os.fsync(f.fileno())
     os.replace(staged, previous)
+    # when `previous` already was a hard link to `current` (a save killed between this and its own replace),
+    # rename(2) of one link onto another of the same file does nothing and leaves `staged` behind
+    staged.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: str | Path, state: dict) -> Path:
