@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,6 +17,23 @@ def load_average() -> str:
     """The 1, 5 and 15 minute load averages: timings on a shared machine mean little without them."""
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2,
+            clock: Callable[[], float] = time.process_time) -> dict[str, float]:
+    """Median seconds (of `clock`: process CPU time by default) per call of each contender, interleaved (the
+    order alternates every repeat) after `warmup` untimed rounds."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = clock()
+            contenders[name]()
+            times[name].append(clock() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def random_cells(seed: int, count: int, ops: frozenset[str] | set[str], input_size: int, hidden_size: int) -> list:

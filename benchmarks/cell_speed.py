@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from _common import random_cells
+from _common import compare, random_cells
 from torch import nn
 
 from evonas.cells import EXTENDED, to_text
@@ -39,7 +38,6 @@ GRU_PYTORCH = (
 
 # CPU time of this process by default: on a machine shared with other jobs, wall time mostly measures their load.
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-CLOCK = CLOCKS["cpu"]
 
 
 def fwd_bwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -54,21 +52,6 @@ def fwd_bwd(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each contender, timed interleaved (order alternates every repeat)."""
-    names = list(contenders)
-    for _ in range(warmup):
-        for name in names:
-            contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            start = CLOCK()
-            contenders[name]()
-            times[name].append(CLOCK() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def main() -> None:
     """Print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,8 +60,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="process CPU time (default) or wall time")
     args = ap.parse_args()
-    global CLOCK
-    CLOCK = CLOCKS[args.clock]
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -94,7 +76,8 @@ def main() -> None:
             rnn = torch_rnn(size, size)
             cell = compile_cell(text, size, size)
             ref = compile_cell(text, size, size, fast=False)
-            t = compare({"torch": fwd_bwd(rnn, x), "compiled": fwd_bwd(cell, x), "ref": fwd_bwd(ref, x)}, args.repeats)
+            t = compare({"torch": fwd_bwd(rnn, x), "compiled": fwd_bwd(cell, x), "ref": fwd_bwd(ref, x)},
+                        args.repeats, clock=clock)
             print(
                 f"  T={steps} B={batch} I=H={size}: nn.{name} {t['torch'] * 1e3:7.1f} ms, "
                 f"compiled {t['compiled'] * 1e3:7.1f} ms = {t['compiled'] / t['torch']:.2f}x, "
@@ -106,7 +89,7 @@ def main() -> None:
     for cell in random_cells(args.seed, 3, EXTENDED, 200, 200):
         fast = compile_cell(cell, 200, 200)
         slow = compile_cell(cell, 200, 200, fast=False)
-        t = compare({"fast": fwd_bwd(fast, x), "reference": fwd_bwd(slow, x)}, args.repeats)
+        t = compare({"fast": fwd_bwd(fast, x), "reference": fwd_bwd(slow, x)}, args.repeats, clock=clock)
         print(
             f"  {to_text(cell)}\n    {len(fast.mm)} MMs, {len(fast.plan.instructions)} step instructions: "
             f"node-by-node {t['reference'] * 1e3:6.1f} ms, "

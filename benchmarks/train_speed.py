@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import JSB, REPO, load_average, random_cells
+from _common import JSB, REPO, compare, load_average, random_cells
 
 LSTM = "lstm"
 GRU_PYTORCH = (
@@ -104,21 +104,6 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
         model.cells[0].use_fused = name != "LSTM(plan)"  # the generic plan, not PyTorch's kernel
         out[name] = trainer(model)
     return out
-
-
-def compare(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median CPU seconds per call of each contender, interleaved (order alternates every repeat)."""
-    names = list(contenders)
-    for _ in range(warmup):
-        for name in names:
-            contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            start = time.process_time()
-            contenders[name]()
-            times[name].append(time.process_time() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def step_table(args: argparse.Namespace) -> None:
