@@ -435,10 +435,15 @@ def test_no_grad_forward_equals_reference() -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_weight_gradients_with_partial_loss_and_repeated_backward() -> None:
-    """The per-step weight gradients deferred to one product: partial losses and retain_graph stay right."""
-    torch.manual_seed(9)
-    module = compile_cell(GRU_PYTORCH, 3, 4)
+@pytest.mark.parametrize("cell, seed", [
+    (GRU_PYTORCH, 9),
+    ("Tanh(Memory(Add(MM(x),Mult(c_prev,Sigmoid(MM(h_prev))))))", 2),  # on the plan's loop (evonas.nn.loop_grad)
+])
+def test_weight_gradients_with_partial_loss_and_repeated_backward(cell: str, seed: int) -> None:
+    """Weight gradients deferred to one product (and the loop's own backward): partial losses and retain_graph
+    stay right."""
+    torch.manual_seed(seed)
+    module = compile_cell(cell, 3, 4)
     x = torch.randn(8, 2, 3)
     out, _ = reference_forward(module, x)
     want = torch.autograd.grad(out[:5].square().sum(), list(module.parameters()))
