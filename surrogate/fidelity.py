@@ -48,12 +48,24 @@ def _ok(r: dict) -> bool:
     return r.get("status", "ok") == "ok" and r.get("score") is not None and math.isfinite(float(r["score"]))
 
 
-def rung_maps(records: Sequence[dict]) -> dict[int, RungMap]:
-    """The map from each rung to the next one present, fitted on cells successful at both."""
+def _rung(r: dict) -> int:
+    return int(r.get("rung") or 0)
+
+
+def _by_cell(records: Sequence[dict]) -> dict[str, dict[int, dict]]:
+    """cell -> rung -> record, cells in order of first appearance."""
     by_cell: dict[str, dict[int, dict]] = {}
     for r in records:
-        by_cell.setdefault(r["cell"], {})[int(r.get("rung") or 0)] = r
-    rungs = sorted({int(r.get("rung") or 0) for r in records})
+        by_cell.setdefault(r["cell"], {})[_rung(r)] = r
+    return by_cell
+
+
+def rung_maps(records: Sequence[dict]) -> dict[int, RungMap]:
+    """The map from each rung to the next one present, fitted on cells successful at both."""
+    return _maps(_by_cell(records), sorted({_rung(r) for r in records}))
+
+
+def _maps(by_cell: dict[str, dict[int, dict]], rungs: list[int]) -> dict[int, RungMap]:
     maps = {}
     for lo, hi in zip(rungs, rungs[1:], strict=False):
         pairs = sorted((float(c[lo]["score"]), float(c[hi]["score"])) for c in by_cell.values()
@@ -65,13 +77,11 @@ def rung_maps(records: Sequence[dict]) -> dict[int, RungMap]:
 def top_rung_records(records: Sequence[dict]) -> list[dict]:
     """One record per cell (order of first appearance) with its score on the top rung's scale (see module).
     Records without a `rung`, or all at one rung, come back unchanged."""
-    rungs = sorted({int(r.get("rung") or 0) for r in records})
+    rungs = sorted({_rung(r) for r in records})
     if len(rungs) <= 1:
         return list(records)
-    maps = rung_maps(records)
-    by_cell: dict[str, dict[int, dict]] = {}
-    for r in records:
-        by_cell.setdefault(r["cell"], {})[int(r.get("rung") or 0)] = r
+    by_cell = _by_cell(records)
+    maps = _maps(by_cell, rungs)
     out = []
     for seen in by_cell.values():
         high = max(seen)
