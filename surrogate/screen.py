@@ -15,8 +15,7 @@ from typing import Any
 
 from evonas import defaults
 from evonas.errors import ConfigError
-
-ACQUISITIONS = ("mean", "ucb")
+from evonas.evolution.config import ACQUISITIONS
 
 
 @contextlib.contextmanager
