@@ -59,6 +59,7 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
 
     from evonas.cells.library import resolve
     from evonas.nn.model import CellModel
+    from evonas.training.optim import FlatAdam, flatten
     from evonas.training.tasks import get_task
 
     task = get_task(task_name, data)
@@ -81,7 +82,24 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
             return self.decoder(self.rnn(self.encoder(x))[0]), None
 
     def trainer(model: nn.Module) -> Callable[[], None]:
-        """The step of evonas' training loop (`_Loop.train_step`), the same for every contender."""
+        """The step of evonas' training loop (`_Loop.train_step`: flat Adam and clipping), the same for all."""
+        flat = flatten(model)
+        opt = FlatAdam(flat, lr=1e-3)
+
+        def run() -> None:
+            logits, _ = model(b.x)
+            total, count = task.loss_sum(logits, b)
+            loss = total / count.clamp(min=1)
+            float(loss.detach())
+            flat.zero_grad()
+            loss.backward()
+            float(flat.clip_grad_norm_(1.0))
+            opt.step()
+
+        return run
+
+    def stock_trainer(model: nn.Module) -> Callable[[], None]:
+        """The usual PyTorch step: `torch.optim.Adam(foreach=True)` and `clip_grad_norm_`, per tensor."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=1e-3, foreach=True)
 
@@ -98,7 +116,8 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
 
         return run
 
-    out = {"nn.LSTM": trainer(TorchModel(nn.LSTM)), "nn.GRU": trainer(TorchModel(nn.GRU))}
+    out = {"nn.LSTM": trainer(TorchModel(nn.LSTM)), "nn.GRU": trainer(TorchModel(nn.GRU)),
+           "stock nn.LSTM": stock_trainer(TorchModel(nn.LSTM))}
     for name, text in cells.items():
         model = CellModel(resolve(text), task.input_kind, task.n_inputs, task.n_outputs, hidden)
         model.cells[0].use_fused = name != "LSTM(plan)"  # the generic plan, not PyTorch's kernel
@@ -115,14 +134,17 @@ def step_table(args: argparse.Namespace) -> None:
     rand = random_cell_texts(args.random)
     cells = {"LSTM": LSTM, "LSTM(plan)": LSTM, "GRU(pt)": GRU_PYTORCH, "GRU": "gru",
              **{f"rand{i + 1}": t for i, t in enumerate(rand)}}
-    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM\n"
+    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM, every model trained\n"
+          "   with evonas' step (flat Adam and clipping); 'stock': nn.LSTM with torch.optim.Adam(foreach=True) and\n"
+          "   clip_grad_norm_, and 'LSTM/stock' the library LSTM in evonas' step against it\n"
           "   (LSTM(plan): the LSTM on the generic plan, not PyTorch's kernel; GRU(pt): the PyTorch-form GRU,\n"
           "   and GRU: the library GRU, to nn.GRU)")
     for i, t in enumerate(rand):
         print(f"   rand{i + 1} = {t}")
     tasks = [t for t in [("synthetic", None), ("music", args.data)] if t[0] in args.tasks and (t[1] or t[0] != "music")]
     sizes = [(h, b) for h in args.hidden for b in args.batch]
-    head = f"  {'task':9s} {'B':>3s} {'H':>4s} {'nn.LSTM':>9s} {'nn.GRU':>8s}  " + " ".join(f"{n:>7s}" for n in cells)
+    head = (f"  {'task':9s} {'B':>3s} {'H':>4s} {'nn.LSTM':>9s} {'nn.GRU':>8s} {'stock':>8s} {'LSTM/stock':>10s}  "
+            + " ".join(f"{n:>7s}" for n in cells))
     print(head)
     for task, data in tasks:
         for hidden, batch in sizes + ([(650, 64)] if task == "synthetic" and args.big else []):
@@ -132,8 +154,9 @@ def step_table(args: argparse.Namespace) -> None:
             for n in cells:
                 ref = t["nn.GRU"] if n.startswith("GRU") else t["nn.LSTM"]
                 ratios.append(f"{t[n] / ref:6.2f}x" if n in t else f"{'-':>7s}")
-            print(f"  {task:9s} {batch:3d} {hidden:4d} {t['nn.LSTM'] * 1e3:7.2f}ms {t['nn.GRU'] * 1e3:6.2f}ms  "
-                  + " ".join(ratios), flush=True)
+            print(f"  {task:9s} {batch:3d} {hidden:4d} {t['nn.LSTM'] * 1e3:7.2f}ms {t['nn.GRU'] * 1e3:6.2f}ms "
+                  f"{t['stock nn.LSTM'] * 1e3:6.2f}ms {t['LSTM'] / t['stock nn.LSTM']:9.2f}x  " + " ".join(ratios),
+                  flush=True)
 
 
 # ---------------------------------------------------------------- 2-3. evaluations, in child processes
@@ -236,14 +259,22 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
     loop = train._Loop  # type: ignore[attr-defined]
     saved = [(CellModel, "forward"), (torch.Tensor, "backward"), (torch.optim.Adam, "step"),
              (torch.nn.utils, "clip_grad_norm_"), (loop, "split_loss")]
+    try:  # the flat optimizer step (this tree); a baseline tree may predate it
+        from evonas.training import optim
+
+        saved += [(optim.FlatAdam, "step"), (optim.FlatSGD, "step"), (optim.FlatParams, "clip_grad_norm_"),
+                  (optim.FlatParams, "zero_grad")]
+    except ImportError:
+        pass
     originals = [getattr(owner, name) for owner, name in saved]
     task_classes = {type(train.get_task(cfg.task, cfg.data, cfg.level))}  # type: ignore[attr-defined]
     batch_originals = {c: c.batches for c in task_classes if issubclass(c, Task)}
     CellModel.forward = timed("forward", CellModel.forward)
     torch.Tensor.backward = timed("backward", torch.Tensor.backward)
-    torch.optim.Adam.step = timed("optimizer", torch.optim.Adam.step)
-    torch.nn.utils.clip_grad_norm_ = timed("optimizer", torch.nn.utils.clip_grad_norm_)
     loop.split_loss = timed("validation", loop.split_loss)
+    for owner, name in saved[2:]:
+        if (owner, name) != (loop, "split_loss"):
+            setattr(owner, name, timed("optimizer", getattr(owner, name)))
     for c, fn in batch_originals.items():
         c.batches = timed_iter(fn)
     try:

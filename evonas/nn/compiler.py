@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from evonas.cells import Node, canonical, check, parse, preorder, to_text
 from evonas.cells.ops import INPUT_SOURCES
 from evonas.errors import CellError
 from evonas.nn.fast import Plan, fast_forward
-from evonas.nn.fused import fused_forward, match
+from evonas.nn.fused import adjacent_params, fused_forward, match, stack_members
 from evonas.nn.ops import ELEMENTWISE, position_encoding
 
 State = tuple[Tensor, Tensor | None]
@@ -76,6 +77,11 @@ class CompiledCell(nn.Module):
         self.fused = match(cell)  # the LSTM or PyTorch-form GRU: which MM is which gate, else None
         self.use_fused = True
         self.loop_grad = True  # False: the plan's loop under autograd instead of evonas.nn.loop_grad
+        # Set by `use_stacked` (from evonas.training.optim.flatten): leaf tensors sharing memory (values and
+        # gradients) with the groups of `adjacent_params`, stacked; the fused forward uses them while they alias
+        # the parameters of module.mm
+        self.stacked: list[Tensor] | None = None
+        self._stacked_from: list[list[tuple[nn.Module, str, Tensor]]] = []
 
     def __getstate__(self) -> dict:
         """Copy/pickle without the plan (it holds closures); `__setstate__` rebuilds it from the cell."""
@@ -89,6 +95,34 @@ class CompiledCell(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.text!r}, input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+    def adjacent_params(self) -> list[list[Tensor]]:
+        """Parameter groups worth laying out one after another in memory (the fused kernel's stacked weights);
+        none when an MM's weight is computed (weight drop)."""
+        if self.fused is None or any(parametrize.is_parametrized(lin) for lin in self.mm):
+            return []
+        return adjacent_params(self.fused, self.mm)
+
+    def use_stacked(self, stacks: list[Tensor] | None) -> None:
+        """Let the fused forward read `stacks` (one tensor per group of `adjacent_params`, each sharing memory
+        with its group's parameters laid out one after another) instead of stacking copies; None: stop."""
+        self.stacked = stacks
+        self._stacked_from = [] if stacks is None else [
+            [(lin, name, getattr(lin, name)) for lin, name in group]
+            for group in stack_members(self.fused, self.mm)]  # type: ignore[arg-type]
+
+    def _aliased_stacks(self) -> list[Tensor] | None:
+        """`stacked` while every stacked parameter is still the module's own (not replaced, not parametrized)
+        and lies where its stack says, else None (the forward then stacks copies)."""
+        if self.stacked is None:
+            return None
+        for group, stack in zip(self._stacked_from, self.stacked, strict=True):
+            ptr, size = stack.data_ptr(), stack.element_size()
+            for lin, name, param in group:
+                if lin._parameters.get(name) is not param or param.data_ptr() != ptr:
+                    return None
+                ptr += param.numel() * size
+        return self.stacked
 
     def initial_state(self, x: Tensor, state: State | None) -> State:
         """The given state, with zeros filled in where it is missing."""
@@ -109,7 +143,7 @@ class CompiledCell(nn.Module):
         if x.shape[0] == 0:
             return x.new_zeros(0, x.shape[1], self.hidden_size), (h, c)
         if self.fused is not None and self.use_fused and x.device.type == "cpu":
-            out, h, c = fused_forward(self.fused, self.mm, x, h, c, self.training)
+            out, h, c = fused_forward(self.fused, self.mm, x, h, c, self.training, self._aliased_stacks())
         else:
             out, h, c = fast_forward(self.plan, self, x, h, c)
         return out, (h, c)

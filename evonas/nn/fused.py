@@ -4,7 +4,10 @@ A compiled cell whose canonical form is the LSTM, or the GRU as PyTorch writes i
 after the recurrent MM), runs through `torch._VF.lstm` / `torch._VF.gru`, the kernels behind `nn.LSTM` /
 `nn.GRU` (the whole time loop in C++; the compiled cell uses them on the CPU only, see `evonas.nn.compiler`):
 the same function, with the weights of `module.mm` stacked in PyTorch's gate order inside each forward, so
-gradients reach the contract's parameters. Every other cell runs the plan of `evonas.nn.fast`.
+gradients reach the contract's parameters. When the training loop has laid those weights out one after another
+in memory (`adjacent_params`, used by `evonas.training.optim`), it hands the module leaf tensors over those
+stacks (`CompiledCell.use_stacked`), and the forward uses them instead of stacking copies. Every other cell
+runs the plan of `evonas.nn.fast`.
 `match(cell)` finds which MM of the cell is which gate by matching a pattern, trying both argument orders of
 `Add` and `Mult`, so any spelling with the same canonical form is recognised.
 """
@@ -89,12 +92,24 @@ def match(cell: Node) -> Fused | None:
     return None
 
 
-def fused_forward(fused: Fused, mm: nn.ModuleList, x: Tensor, h: Tensor, c: Tensor | None,
-                  training: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Run the fused kernel over `x[T, B, I]` from (h, c); return all h, h_T and c_T (None for the GRU)."""
-    lins = [mm[i] for i in fused.x_mms], [mm[i] for i in fused.h_mms]
-    params = [torch.cat([lin.weight for lin in part]) for part in lins]
-    params += [torch.cat([lin.bias for lin in part]) for part in lins]
+def stack_members(fused: Fused, mm: nn.ModuleList) -> list[list[tuple[nn.Module, str]]]:
+    """What the fused kernel stacks, as (module, parameter name), each stack in gate order: x weights, h weights,
+    x biases, h biases."""
+    x, h = [mm[i] for i in fused.x_mms], [mm[i] for i in fused.h_mms]
+    return [[(lin, name) for lin in part] for name in ("weight", "bias") for part in (x, h)]
+
+
+def adjacent_params(fused: Fused, mm: nn.ModuleList) -> list[list[Tensor]]:
+    """The parameter groups the fused kernel stacks (see `stack_members`)."""
+    return [[getattr(lin, name) for lin, name in group] for group in stack_members(fused, mm)]
+
+
+def fused_forward(fused: Fused, mm: nn.ModuleList, x: Tensor, h: Tensor, c: Tensor | None, training: bool,
+                  stacked: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run the fused kernel over `x[T, B, I]` from (h, c); return all h, h_T and c_T (None for the GRU).
+
+    `stacked`: the four stacks of `adjacent_params` as tensors already (else they are concatenated here)."""
+    params = stacked if stacked is not None else [torch.cat(group) for group in adjacent_params(fused, mm)]
     if fused.kind == "lstm":
         assert c is not None
         out, h_n, c_n = torch._VF.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), params, True, 1, 0.0, training,

@@ -278,7 +278,8 @@ class _Loop(torch.autograd.Function):
                 *tensors: Tensor) -> Any:
         """Run the steps without autograd, saving per step what `backward` reads; return all h (and c_T)."""
         feeds, terms, weights, consts = code_split(code, tensors)
-        outs, saved, operands, _, c = code.forward_save(steps, [f.unbind(0) for f in feeds], _per_step(code, terms),
+        terms_per_step = _per_step(code, terms, h0.shape[0])
+        outs, saved, operands, _, c = code.forward_save(steps, [f.unbind(0) for f in feeds], terms_per_step,
                                                         [w.t() for w in weights], consts, h0, c0)
         ctx.code, ctx.steps, ctx.saved, ctx.operands = code, steps, saved, operands
         ctx.save_for_backward(*weights, *consts)
@@ -317,9 +318,11 @@ class _Loop(torch.autograd.Function):
         return (None, None, gh, gc0, *gfeeds, *gterms, *gweights, *gconsts)
 
 
-def _per_step(code: LoopCode, terms: list[Tensor]) -> list[Tensor | tuple[Tensor, ...]]:
-    """The additive terms as the generated loop reads them: per step, or the bias itself."""
-    return [t if bias else t.unbind(0) for t, bias in zip(terms, code.bias_only, strict=True)]
+def _per_step(code: LoopCode, terms: list[Tensor], batch: int) -> list[Tensor | tuple[Tensor, ...]]:
+    """The additive terms as the generated loop reads them: per step, or the bias repeated over the batch
+    (an `addmm` of a `[B, n]` term is cheaper than of a broadcast `[n]` one, with the same result)."""
+    return [t.expand(batch, t.shape[0]).contiguous() if bias else t.unbind(0)
+            for t, bias in zip(terms, code.bias_only, strict=True)]
 
 
 def code_split(code: LoopCode, tensors: tuple[Tensor, ...]) -> tuple[list, list, list, list]:
@@ -338,6 +341,6 @@ def run_loop(code: LoopCode, steps: int, h: Tensor, c: Tensor | None, feeds: lis
     if torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, *tensors) if t is not None):
         result = _Loop.apply(code, steps, h, c, *tensors)
         return (result[0], result[1]) if code.plan.memory_slot is not None else (result, None)
-    outs, _, _, _, c = code.forward(steps, [f.unbind(0) for f in feeds], _per_step(code, terms),
+    outs, _, _, _, c = code.forward(steps, [f.unbind(0) for f in feeds], _per_step(code, terms, h.shape[0]),
                                     [w.t() for w in weights], consts, h, c)
     return torch.stack(outs), (c if code.plan.memory_slot is not None else None)

@@ -28,6 +28,7 @@ from evonas.errors import CellError, CellSyntaxError
 from evonas.nn.model import CellModel, count_params, detach_state
 from evonas.training.config import EvalResult, TrainConfig, curve_points
 from evonas.training.device import limit_gpu_memory, resolve_device
+from evonas.training.optim import FlatAdam, FlatSGD, flatten
 from evonas.training.tasks import get_task
 from evonas.training.tasks.base import Task
 
@@ -192,13 +193,12 @@ class _Loop:
         self.result, self.progress, self.state_out = result, progress, state_out
         self.skip = 0  # batches of the current epoch already trained before a continuation
         self.carried: Any = None  # recurrent state carried between batches (token streams)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # foreach: one multi-tensor kernel per update term instead of one per parameter (same arithmetic)
+        # every parameter and gradient in one buffer: zeroing, clipping and the update are a few kernels
+        self.flat = flatten(model)
         if s.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=s.lr, weight_decay=cfg.weight_decay,
-                                                              foreach=True)
+            self.opt: FlatAdam | FlatSGD = FlatSGD(self.flat, lr=s.lr, weight_decay=cfg.weight_decay)
         else:
-            self.opt = torch.optim.Adam(self.params, lr=s.lr, weight_decay=cfg.weight_decay, foreach=True)
+            self.opt = FlatAdam(self.flat, lr=s.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.epoch = 0
@@ -219,7 +219,8 @@ class _Loop:
         """Write everything a continuation needs (before the best weights are restored), atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+        model = {k: v.clone() for k, v in self.model.state_dict().items()}  # own storage, not views of the buffer
+        state = {"model": model, "optimizer": self.opt.state_dict(),
                  "best": self.best_state, "carried": detach_state(self.carried),
                  "torch_rng": torch.get_rng_state(),
                  "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -236,7 +237,7 @@ class _Loop:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             c = state["counters"]
-        except (OSError, RuntimeError, KeyError, TypeError) as e:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"cannot continue from {path}: {type(e).__name__}: {e}") from None
         self.best_state, self.carried = state["best"], state["carried"]
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -315,11 +316,9 @@ class _Loop:
             self.s.loss_ceiling = max(self.s.loss_ceiling, 2.0 * value)
         if value > self.s.loss_ceiling:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
-        for p in self.params:  # = opt.zero_grad(set_to_none=True), without its per-call torch._dynamo wrapper
-            p.grad = None
+        self.flat.zero_grad()
         loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.clip if self.s.clip > 0 else math.inf,
-                                                    foreach=True))
+        norm = float(self.flat.clip_grad_norm_(self.s.clip if self.s.clip > 0 else math.inf))
         if not math.isfinite(norm):
             raise Diverged(f"gradient norm is {norm} at step {self.step}")
         if norm > self.cfg.grad_ceiling:
