@@ -3,7 +3,8 @@
 Differential: on many random cells over every operator, at input sizes that differ from the hidden size, the
 outputs, c_T and the gradients of a loss on all h, h_T and c_T, with respect to the inputs, the initial state
 and every parameter, agree with torch autograd through the node-by-node evaluator to 1e-5 (float64), for the
-new path and for the plan under autograd (`module.loop_grad = False`), which stays selectable.
+new path (compiled by TorchScript, and run as Python: the two equal bit for bit) and for the plan under
+autograd (`module.loop_grad = False`), which stays selectable.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ def assert_loop_grad_equals_reference(cell: object, inp: int, hid: int, seed: in
     wrt = [x, h0, *([c0] if c0 is not None else []), *module.parameters()]
     want, (wh, wc) = reference_forward(module, x, (h0, c0))
     grads_ref = torch.autograd.grad(loss_of(want, wh, wc, weights), wrt, allow_unused=True)
-    for loop_grad in (True, False):
-        module.loop_grad = loop_grad
+    results = {}
+    for loop_grad, script in ((True, True), (True, False), (False, False)):
+        module.loop_grad, module.loop_script = loop_grad, script
         got, (gh, gc) = module(x, (h0, c0))
         if loop_grad:
             assert type(got.grad_fn).__name__ == "_LoopBackward", module.text
-        msg = f"{module.text} (loop_grad: {loop_grad}, sizes {inp}, {hid})"
+        if script:
+            assert module.plan.loop_code().script_error is None, module.plan.loop_code().script_error
+        msg = f"{module.text} (loop_grad: {loop_grad}, TorchScript: {script}, sizes {inp}, {hid})"
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
         torch.testing.assert_close(gh, wh, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
         if wc is not None:
@@ -58,6 +62,10 @@ def assert_loop_grad_equals_reference(cell: object, inp: int, hid: int, seed: in
                 assert (g is None or not g.any()) and (r is None or not r.any()), msg
             else:
                 torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5, equal_nan=True, msg=msg)
+        results[(loop_grad, script)] = [got, gh, *grads]
+    # the TorchScript loop runs the same operators as its Python source: equal, not just close
+    for a, b in zip(results[(True, True)], results[(True, False)], strict=True):
+        assert (a is None and b is None) or torch.equal(a.nan_to_num(), b.nan_to_num()), module.text
 
 
 @pytest.mark.parametrize("op", sorted(OPERATOR_CELLS))

@@ -77,6 +77,7 @@ class CompiledCell(nn.Module):
         self.fused = match(cell)  # the LSTM or PyTorch-form GRU: which MM is which gate, else None
         self.use_fused = True
         self.loop_grad = True  # False: the plan's loop under autograd instead of evonas.nn.loop_grad
+        self.loop_script = True  # False: evonas.nn.loop_grad's loop runs as Python instead of TorchScript
         # Set by `use_stacked` (from evonas.training.optim.flatten): leaf tensors sharing memory (values and
         # gradients) with the groups of `adjacent_params`, stacked; the fused forward uses them while they alias
         # the parameters of module.mm

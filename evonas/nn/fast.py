@@ -428,7 +428,7 @@ def fast_forward(
             consts += [module.diag[ident]] if kind == "diag" else [module.layernorm[ident].weight,
                                                                    module.layernorm[ident].bias]
         out, c_t = run_loop(code, steps, h, c if plan.memory_slot is not None else None, feeds, terms,
-                            group_weights, consts)
+                            group_weights, consts, script=getattr(module, "loop_script", True))
         return out, out[-1], c_t if memory is None else memory[-1]
     slots: list = [None] * plan.n_slots
     for slot, kind, ident in plan.consts:
