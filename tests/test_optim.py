@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from evonas.cells.library import resolve
-from evonas.nn.model import CellModel, _Lookup
+from evonas.nn.model import CellModel
 from evonas.training.optim import FlatAdam, FlatParams, FlatSGD, flatten
 
 
@@ -157,16 +157,3 @@ def test_flat_params_refuse_no_parameters_and_mixed_dtypes():
         FlatParams([])
     with pytest.raises(ValueError, match="one dtype"):
         FlatParams([nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=torch.float64))])
-
-
-def test_the_embedding_lookup_gives_pytorchs_values_and_gradient_bit_for_bit():
-    torch.manual_seed(5)
-    ours = torch.randn(13, 16, requires_grad=True)
-    theirs = ours.detach().clone().requires_grad_()
-    words = torch.randint(0, 13, (9, 4))
-    grad = torch.randn(9, 4, 16)
-    out = _Lookup.apply(ours, words)
-    ref = nn.functional.embedding(words, theirs)
-    out.backward(grad)
-    ref.backward(grad)
-    assert torch.equal(out, ref) and torch.equal(ours.grad, theirs.grad)

@@ -16,9 +16,6 @@ Every layer runs the same cell with input size = hidden size, so every well-form
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -43,33 +40,12 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
-class _Lookup(torch.autograd.Function):
-    """`nn.functional.embedding(words, weight)` whose backward is one `index_add_` (the same sums in the same
-    order) instead of PyTorch's CPU embedding backward, which adds one row at a time (~5x slower at the
-    search's sizes)."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: Tensor, words: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(words)
-        ctx.rows = weight.shape[0]
-        return weight.index_select(0, words.reshape(-1)).view(*words.shape, weight.shape[1])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (words,) = ctx.saved_tensors
-        flat = grad.reshape(-1, grad.shape[-1])
-        return flat.new_zeros(ctx.rows, flat.shape[1]).index_add_(0, words.reshape(-1), flat), None
-
-
 def embedded_dropout(embed: nn.Embedding, words: Tensor, p: float, training: bool) -> Tensor:
     """Embedding lookup that drops whole words (rows of the matrix) with probability p while training."""
     weight = embed.weight
     if training and p > 0.0:
         mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
         weight = weight * mask
-    if weight.requires_grad and torch.is_grad_enabled() and weight.device.type == "cpu":
-        return _Lookup.apply(weight, words)
     return nn.functional.embedding(words, weight)
 
 
