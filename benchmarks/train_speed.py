@@ -1,7 +1,9 @@
 """Training speed at the search's own sizes: whole training steps, whole evaluations, and where the time goes.
 
-1. Training step (forward, loss, backward, gradient clipping, foreach Adam step: the training loop's step)
-   of the model around a cell (`CellModel`) against the same model around `torch.nn.LSTM` / `nn.GRU`, in
+1. Training step (forward, loss, backward, gradient clipping, Adam: the training loop's step, with its flat
+   optimizer of `evonas.training.optim`) of the model around a cell (`CellModel`) against the same model
+   around `torch.nn.LSTM` / `nn.GRU` trained with the same step, and against `nn.LSTM` trained the stock way
+   (`torch.optim.Adam(foreach=True)`, `clip_grad_norm_`), in
    one process, one thread, interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the
    library GRU, and five random cells over the core operators (those of the default search), at hidden
    32/64/128, batch 8/32, T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps);

@@ -28,7 +28,9 @@ class FlatParams:
     """Parameters (unique, trainable) that live in one flat buffer, and their gradients in another.
 
     The gradients are never set to None: `zero_grad` zeroes the buffer, so a parameter that gets no gradient
-    in a step has a zero one (the optimizers below then leave it as it is, as PyTorch's skip it).
+    in a step has a zero one. A parameter that never gets one stays put (its Adam state stays zero); one that
+    misses a gradient after having had some would still move by Adam's momentum, where PyTorch's Adam skips a
+    parameter whose gradient is None. In evonas' models every parameter gets a gradient at every step.
     """
 
     def __init__(self, params: Iterable[Tensor], adjacent: Sequence[Sequence[Tensor]] = ()):
