@@ -144,3 +144,23 @@ def test_training_steps_match_the_autograd_path(text: str, one_torch_thread: Non
             opt.step()
             losses[loop_grad].append(loss.item())
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_a_source_torchscript_refuses_runs_as_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    import evonas.nn.loop_grad as loop_grad
+
+    def refuse(source: str) -> None:
+        raise RuntimeError("Unknown builtin op: aten::made_up\nmore detail")
+
+    torch.manual_seed(0)
+    module = compile_cell(resolve("gru"), 4, 4)
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    want = torch.autograd.grad(module(x)[0].square().sum(), x)[0]
+    monkeypatch.setattr(loop_grad, "_script", refuse)
+    fresh = compile_cell(resolve("gru"), 4, 4)
+    fresh.load_state_dict(module.state_dict())
+    got = torch.autograd.grad(fresh(x)[0].square().sum(), x)[0]
+    code = fresh.plan.loop_code()
+    assert code.script_error == "RuntimeError: Unknown builtin op: aten::made_up"
+    assert code.functions() is code.functions(script=False)
+    assert torch.equal(got, want)
