@@ -259,24 +259,23 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
         return wrapper
 
     loop = train._Loop  # type: ignore[attr-defined]
-    saved = [(CellModel, "forward"), (torch.Tensor, "backward"), (torch.optim.Adam, "step"),
-             (torch.nn.utils, "clip_grad_norm_"), (loop, "split_loss")]
+    # (owner, attribute, phase): what the training loop calls, each timed as its phase
+    wrapped = [(CellModel, "forward", "forward"), (torch.Tensor, "backward", "backward"),
+               (torch.optim.Adam, "step", "optimizer"), (torch.nn.utils, "clip_grad_norm_", "optimizer"),
+               (loop, "split_loss", "validation")]
     try:  # the flat optimizer step (this tree); a baseline tree may predate it
         from evonas.training import optim
 
-        saved += [(optim.FlatAdam, "step"), (optim.FlatSGD, "step"), (optim.FlatParams, "clip_grad_norm_"),
-                  (optim.FlatParams, "zero_grad")]
+        wrapped += [(owner, name, "optimizer") for owner, name in
+                    ((optim.FlatAdam, "step"), (optim.FlatSGD, "step"), (optim.FlatParams, "clip_grad_norm_"),
+                     (optim.FlatParams, "zero_grad"))]
     except ImportError:
         pass
-    originals = [getattr(owner, name) for owner, name in saved]
+    originals = [getattr(owner, name) for owner, name, _ in wrapped]
     task_classes = {type(train.get_task(cfg.task, cfg.data, cfg.level))}  # type: ignore[attr-defined]
     batch_originals = {c: c.batches for c in task_classes if issubclass(c, Task)}
-    CellModel.forward = timed("forward", CellModel.forward)
-    torch.Tensor.backward = timed("backward", torch.Tensor.backward)
-    loop.split_loss = timed("validation", loop.split_loss)
-    for owner, name in saved[2:]:
-        if (owner, name) != (loop, "split_loss"):
-            setattr(owner, name, timed("optimizer", getattr(owner, name)))
+    for (owner, name, phase), fn in zip(wrapped, originals, strict=True):
+        setattr(owner, name, timed(phase, fn))
     for c, fn in batch_originals.items():
         c.batches = timed_iter(fn)
     try:
@@ -284,7 +283,7 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
         train.evaluate(cell, cfg)  # type: ignore[attr-defined]
         total = time.process_time() - start
     finally:
-        for (owner, name), fn in zip(saved, originals, strict=True):
+        for (owner, name, _), fn in zip(wrapped, originals, strict=True):
             setattr(owner, name, fn)
         for c, fn in batch_originals.items():
             c.batches = fn

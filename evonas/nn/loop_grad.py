@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from evonas.nn.ops import DIV_EPS, LEAKY_SLOPE, gate3
+from evonas.nn.ops import DIV_EPS, LEAKY_SLOPE, gate3, leaky_relu
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 ACT_FORWARD = {"Sigmoid": "torch.sigmoid", "Tanh": "torch.tanh", "ReLU": "torch.relu"}
@@ -44,7 +44,7 @@ def _aten(name: str) -> Callable[..., Any]:
 # The helpers the generated code calls: Python callables for the Python run, TorchScript for the scripted one.
 NAMESPACE: dict[str, Any] = {
     "torch": torch, "Tensor": Tensor, "List": list, "Tuple": tuple, "Optional": Optional, "gate3": gate3,
-    "leaky_relu": lambda a: torch.nn.functional.leaky_relu(a, LEAKY_SLOPE),
+    "leaky_relu": leaky_relu,
     "layer_norm": torch.native_layer_norm, "sigmoid_bw": _aten("sigmoid_backward"),
     "tanh_bw": _aten("tanh_backward"), "threshold_bw": _aten("threshold_backward"),
     "leaky_bw": _aten("leaky_relu_backward"), "elu_bw": _aten("elu_backward"),
@@ -149,7 +149,8 @@ def _unoptimized(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class LoopCode:
-    """A plan's time loop as generated Python: `forward_save`, `forward` (no saving) and `backward`."""
+    """A plan's time loop as generated source (TorchScript and Python): `forward_save`, `forward` (no saving)
+    and `backward`."""
 
     def __init__(self, plan: Any):  # an evonas.nn.fast.Plan (which imports this module)
         """Generate and compile the loop of `plan` (once per plan); `supported` False leaves it to autograd."""
@@ -166,7 +167,7 @@ class LoopCode:
             self.const_slots += [slot] if kind == "diag" else [slot, slot + 1]
         self.n_groups = len(plan.group_slots)
         self.groups = {s[3][0]: s for s in steps if s[0] == "group"}
-        # a product whose additive term is its bias alone gets the bias `[k*H]`, not `[T, B, k*H]`
+        # a product whose additive term is its bias alone gets the bias (repeated to `[B, k*H]`), not `[T, B, k*H]`
         self.bias_only = [operand not in plan.paired and all(f is None for f in plan.dynamic_groups[operand].fold)
                           for operand, _ in plan.group_slots]
         fwd, bwd = self._forward(steps), self._backward(steps)
@@ -276,7 +277,7 @@ class LoopCode:
     def _backward(self, steps: list[tuple]) -> list[str]:
         """`backward`: the steps in reverse; returns the gradients of h0, c0, feeds, terms, constants."""
         plan, b = self.plan, _Backward(self.feed_slots, self.const_slots)
-        # h_t's gradient is carried (gh); h_{t-1}'s starts as its output gradient GN[t] (zeros at t = 0), so
+        # h_t's gradient is carried (gh); h_{t-1}'s starts as its output gradient GO[t - 1] (zeros at t = 0), so
         # every contribution to it accumulates: a product's becomes one addmm instead of an mm and an add
         b.assigned.update((plan.root_slot, plan.h_slot))
         if plan.memory_slot is not None:
@@ -302,13 +303,13 @@ class LoopCode:
                 *(f"    GF{k}: List[Tensor] = []" for k in range(len(self.feed_slots))),
                 *(f"    GP{j}: List[Tensor] = []" for j in range(self.n_groups)),
                 *(f"    a{slot}: Optional[Tensor] = None" for slot in self.const_slots),
-                *(f"    DA{d}: List[Tensor] = []\n    DB{d}: List[Tensor] = []" for d in range(n_deferred)),
+                *(f"    {name}{d}: List[Tensor] = []" for d in range(n_deferred) for name in ("DA", "DB")),
                 "    for t in range(T - 1, -1, -1):"]
         self.carried_c = uses_c and plan.memory_slot is not None
         self.deferred = b.deferred
 
-        def listing(name: str, n: int, kind: str = "List[Tensor]") -> str:
-            return f"    {name}: List[{kind}] = [{', '.join(f'{name}{i}' for i in range(n))}]"
+        def listing(name: str, n: int) -> str:
+            return f"    {name}: List[List[Tensor]] = [{', '.join(f'{name}{i}' for i in range(n))}]"
 
         tail = [listing("GF", len(self.feed_slots)), listing("GP", self.n_groups),
                 f"    A: List[Optional[Tensor]] = [{', '.join(f'a{slot}' for slot in self.const_slots)}]",
@@ -387,7 +388,7 @@ class _Loop(torch.autograd.Function):
         outs, saved, operands, _, c = fns.forward_save(steps, *_loop_inputs(code, feeds, terms, h0),
                                                        [w.t() for w in weights], consts, h0,
                                                        h0 if c0 is None else c0)
-        ctx.code, ctx.fns, ctx.steps, ctx.saved, ctx.operands = code, fns, steps, saved, operands
+        ctx.code, ctx.fns, ctx.saved, ctx.operands = code, fns, saved, operands
         ctx.save_for_backward(*weights, *consts)
         out = torch.stack(outs)
         ctx.out_shape = out.shape

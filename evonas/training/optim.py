@@ -195,8 +195,7 @@ def _from_torch_adam(state: dict[str, Any], flat: FlatParams) -> tuple[Tensor, T
         s = per_param.get(i)
         if s is None:
             continue
-        start = p.data.storage_offset() - flat.data.storage_offset()
-        n = p.numel()
+        start, n = flat._offset[id(p)], p.numel()
         avg[start:start + n] = s["exp_avg"].reshape(-1)
         avg_sq[start:start + n] = s["exp_avg_sq"].reshape(-1)
         steps = max(steps, int(float(s["step"])))
