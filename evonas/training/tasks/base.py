@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evonas.training.tasks.losses import cross_entropy_sum
+
 
 @dataclass
 class Batch:
@@ -101,8 +103,7 @@ class TokenTask(Task):
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the tokens of the batch."""
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1),
-                                                 reduction="sum")
+        loss = cross_entropy_sum(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
         return loss, torch.tensor(float(batch.y.numel()))
 
     def describe(self) -> str:
