@@ -95,6 +95,12 @@ class CellModel(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits [T, B, n_outputs] for inputs x ([T, B] ids or [T, B, F] floats) and the new per-layer state."""
+        h, new_state = self.features(x, state)
+        return self.decoder(h), new_state
+
+    def features(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """What the output layer reads, [T, B, hidden] (the last layer's h after output dropout), and the new
+        state: `forward` without `decoder`, for losses that apply the output layer themselves."""
         if self.input_kind == "tokens":
             h = embedded_dropout(self.encoder, x, self.dropout_emb, self.training)
         else:
@@ -106,7 +112,7 @@ class CellModel(nn.Module):
                 h = self.drop_h(h)
             h, s = cell(h, None if state is None else state[i])
             new_state.append(s)
-        return self.decoder(self.drop_out(h)), new_state
+        return self.drop_out(h), new_state
 
 
 def detach_state(state: State | None) -> State | None:

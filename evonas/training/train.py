@@ -304,8 +304,8 @@ class _Loop:
         """One optimizer step on one batch; raises Diverged on a bad loss or gradient."""
         if not self.model.training:  # train() walks every module: only after a validation switched to eval()
             self.model.train()
-        logits, state = self.model(batch.x, detach_state(state))
-        total, count = self.task.loss_sum(logits, batch)
+        hidden, state = self.model.features(batch.x, detach_state(state))
+        total, count = self.task.head_loss_sum(hidden, self.model.decoder, batch)
         loss = total / count.clamp(min=1)
         value = float(loss.detach())
         self.step += 1
@@ -338,8 +338,8 @@ class _Loop:
             batch = batch.to(self.device)
             if batch.reset or not self.task.carry:
                 state = None
-            logits, state = self.model(batch.x, state)
-            t, c = self.task.loss_sum(logits, batch)
+            hidden, state = self.model.features(batch.x, state)
+            t, c = self.task.head_loss_sum(hidden, self.model.decoder, batch)
             total += float(t)
             count += float(c)
         return total / max(count, 1.0)

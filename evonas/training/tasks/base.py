@@ -11,6 +11,8 @@ Contract of a `Task` (every task module implements exactly this; the trainer rel
   gives the same batches.
 - `loss_sum(logits, batch)` returns (sum of per-step losses, number of counted steps) as tensors; the
   reported loss of a split is the total sum divided by the total count (nats per token / per time step).
+- `head_loss_sum(hidden, decoder, batch)`: `loss_sum` of the logits `decoder(hidden)` (the model's output
+  layer, an `nn.Linear`); the trainer calls this one, so a task can fuse the two (the base class does not).
 - `uniform_loss`: the loss of a model that knows nothing (log V, or 88·log 2); divergence ceilings scale it.
 - `defaults`: TrainConfig values used where the config leaves a field as None.
 """
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from evonas.training.tasks.losses import cross_entropy_sum
+from evonas.training.tasks.losses import linear_cross_entropy_sum
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Task(ABC):
     @abstractmethod
     def loss_sum(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """(sum of per-step losses, number of counted steps) for one batch."""
+
+    def head_loss_sum(self, hidden: Tensor, decoder: nn.Linear, batch: Batch) -> tuple[Tensor, Tensor]:
+        """`loss_sum` of the logits `decoder(hidden)`; a task may compute the two together, faster (TokenTask)."""
+        return self.loss_sum(decoder(hidden), batch)
 
     @property
     def uniform_loss(self) -> float:
@@ -103,7 +109,14 @@ class TokenTask(Task):
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy over the tokens of the batch."""
-        loss = cross_entropy_sum(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.y.reshape(-1),
+                                                 reduction="sum")
+        return loss, torch.tensor(float(batch.y.numel()))
+
+    def head_loss_sum(self, hidden: Tensor, decoder: nn.Linear, batch: Batch) -> tuple[Tensor, Tensor]:
+        """`loss_sum` of `decoder(hidden)`, the output layer and the cross-entropy in one autograd node."""
+        loss = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), decoder.weight, decoder.bias,
+                                        batch.y.reshape(-1))
         return loss, torch.tensor(float(batch.y.numel()))
 
     def describe(self) -> str:
