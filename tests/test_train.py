@@ -151,10 +151,10 @@ def test_build_and_training_exceptions_become_failed(monkeypatch):
     assert r.status == "failed" and "build: RuntimeError: cannot build this" in r.reason
     monkeypatch.undo()
 
-    def bad_loss(self, logits, batch):
+    def bad_loss(self, hidden, decoder, batch):
         raise ValueError("loss exploded the program")
 
-    monkeypatch.setattr(TokenTask, "loss_sum", bad_loss)
+    monkeypatch.setattr(TokenTask, "head_loss_sum", bad_loss)
     r = evaluate("lstm", cfg(steps=2))
     assert r.status == "failed" and "training: ValueError: loss exploded the program" in r.reason
 

@@ -318,7 +318,7 @@ class _Loop:
             raise Diverged(f"training loss {value:.4g} above the ceiling {self.s.loss_ceiling:.4g} at step {self.step}")
         self.flat.zero_grad()
         loss.backward()
-        norm = float(self.flat.clip_grad_norm_(self.s.clip if self.s.clip > 0 else math.inf))
+        norm = self.flat.clip_grad_norm_(self.s.clip if self.s.clip > 0 else math.inf)
         if not math.isfinite(norm):
             raise Diverged(f"gradient norm is {norm} at step {self.step}")
         if norm > self.cfg.grad_ceiling:
