@@ -80,28 +80,33 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
             self.rnn = rnn(hidden, hidden)
             self.decoder = nn.Linear(hidden, task.n_outputs)
 
+        def features(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return self.rnn(self.encoder(x))[0], None
+
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-            return self.decoder(self.rnn(self.encoder(x))[0]), None
+            return self.decoder(self.features(x)[0]), None
 
     def trainer(model: nn.Module) -> Callable[[], None]:
-        """The step of evonas' training loop (`_Loop.train_step`: flat Adam and clipping), the same for all."""
+        """The step of evonas' training loop (`_Loop.train_step`: the task's output layer and loss in one, flat
+        Adam and clipping), the same for all."""
         flat = flatten(model)
         opt = FlatAdam(flat, lr=1e-3)
 
         def run() -> None:
-            logits, _ = model(b.x)
-            total, count = task.loss_sum(logits, b)
+            hidden, _ = model.features(b.x)
+            total, count = task.head_loss_sum(hidden, model.decoder, b)
             loss = total / count.clamp(min=1)
             float(loss.detach())
             flat.zero_grad()
             loss.backward()
-            float(flat.clip_grad_norm_(1.0))
+            flat.clip_grad_norm_(1.0)
             opt.step()
 
         return run
 
     def stock_trainer(model: nn.Module) -> Callable[[], None]:
-        """The usual PyTorch step: `torch.optim.Adam(foreach=True)` and `clip_grad_norm_`, per tensor."""
+        """The usual PyTorch step: `nn.Linear` then `F.cross_entropy` (the task's `loss_sum`),
+        `torch.optim.Adam(foreach=True)` and `clip_grad_norm_`, per tensor."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=1e-3, foreach=True)
 
@@ -151,7 +156,7 @@ def step_table(args: argparse.Namespace) -> None:
     for task, data in tasks:
         for hidden, batch in sizes + ([(650, 64)] if task == "synthetic" and args.big else []):
             chosen = cells if hidden <= 128 else {"LSTM": LSTM}
-            t = compare(step_contenders(task, data, hidden, batch, 35, chosen), args.repeats)
+            t = compare(step_contenders(task, data, hidden, batch, 35, chosen), args.repeats, calls=args.calls)
             ratios = []
             for n in cells:
                 ref = t["nn.GRU"] if n.startswith("GRU") else t["nn.LSTM"]
@@ -260,7 +265,9 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
 
     loop = train._Loop  # type: ignore[attr-defined]
     # (owner, attribute, phase): what the training loop calls, each timed as its phase
-    wrapped = [(CellModel, "forward", "forward"), (torch.Tensor, "backward", "backward"),
+    # CellModel.features: the model without its output layer, which the task's head_loss_sum applies (this
+    # tree); a baseline tree's training loop calls CellModel.forward
+    wrapped = [(CellModel, "features" if hasattr(CellModel, "features") else "forward", "forward"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimizer"), (torch.nn.utils, "clip_grad_norm_", "optimizer"),
                (loop, "split_loss", "validation")]
     try:  # the flat optimizer step (this tree); a baseline tree may predate it
@@ -349,6 +356,8 @@ def main() -> None:
     """Parse the options and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7, help="interleaved repeats per training-step timing")
+    ap.add_argument("--calls", type=int, default=5,
+                    help="training steps in a row per timing (after one untimed), as a training loop runs them")
     ap.add_argument("--eval-repeats", type=int, default=3, help="runs per evaluation measurement")
     jsb = str(JSB) if JSB.is_file() else None
     ap.add_argument("--data", default=jsb, help="JSB chorales JSON (default: the shared copy, when present)")

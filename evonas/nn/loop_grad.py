@@ -138,12 +138,19 @@ class Functions:
     backward: Callable[..., tuple]
 
 
+_get_optimize, _set_optimize = torch._C._get_graph_executor_optimize, torch._C._set_graph_executor_optimize
+
+
 def _unoptimized(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A TorchScript function run by the plain interpreter: the profiling executor would spend its first two
     calls (~0.1 s) profiling, for no measured gain on these straight-line loops."""
-    def call(*args: Any) -> Any:
-        with torch.jit.optimized_execution(False):
+    def call(*args: Any) -> Any:  # torch.jit.optimized_execution(False), without a context manager's ~3 us
+        stored = _get_optimize()
+        _set_optimize(False)
+        try:
             return fn(*args)
+        finally:
+            _set_optimize(stored)
 
     return call
 
@@ -252,7 +259,7 @@ class LoopCode:
         plan = self.plan
         head = [f"def {'forward_save' if save else 'forward'}(T: int, F: List[List[Tensor]], TS: List[List[Tensor]],"
                 " TB: List[Tensor], WT: List[Tensor], C: List[Tensor], h: Tensor, c: Tensor)"
-                " -> Tuple[List[Tensor], List[List[Tensor]], List[List[Tensor]], Tensor, Tensor]:",
+                " -> Tuple[Tensor, List[List[Tensor]], List[List[Tensor]], Tensor, Tensor]:",
                 *(f"    {line}" for line in self._inputs()),
                 *(f"    wt{j} = WT[{j}]" for j in range(self.n_groups)),
                 "    outs: List[Tensor] = []",
@@ -271,7 +278,7 @@ class LoopCode:
         lines.append(f"        s{plan.h_slot} = s{plan.root_slot}")
         tail = [f"    S: List[List[Tensor]] = [{', '.join(f'sv{i}' for i in range(len(saved)))}]",
                 f"    O: List[List[Tensor]] = [{', '.join(f'o{j}' for j in range(self.n_groups))}]",
-                f"    return outs, S, O, s{plan.h_slot}, s{plan.c_slot}", ""]
+                f"    return torch.stack(outs), S, O, s{plan.h_slot}, s{plan.c_slot}", ""]
         return [*head, *lines, *tail]
 
     def _backward(self, steps: list[tuple]) -> list[str]:
@@ -293,9 +300,10 @@ class LoopCode:
         lines.append(f"gh = g{plan.h_slot}")
         lines += [f"gc = {b.grad(plan.c_slot)}"] if plan.memory_slot is not None else []
         n_deferred = sum(map(len, b.deferred))
-        head = ["def backward(T: int, S: List[List[Tensor]], GO: List[Tensor], W: List[Tensor], C: List[Tensor],"
-                " Z: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor, List[List[Tensor]], List[List[Tensor]],"
-                " List[Optional[Tensor]], List[List[Tensor]], List[List[Tensor]]]:",
+        head = ["def backward(T: int, S: List[List[Tensor]], O: List[List[Tensor]], gout: Tensor, W: List[Tensor],"
+                " C: List[Tensor], Z: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor, List[Optional[Tensor]],"
+                " List[Tensor], List[Tensor], List[Optional[Tensor]]]:",
+                "    GO = gout.unbind(0)",
                 "    gh = GO[T - 1]",
                 *(f"    w{j} = W[{j}]" for j in range(self.n_groups)),
                 *(f"    s{slot} = C[{i}]" for i, slot in enumerate(self.const_slots)),
@@ -308,14 +316,36 @@ class LoopCode:
         self.carried_c = uses_c and plan.memory_slot is not None
         self.deferred = b.deferred
 
-        def listing(name: str, n: int) -> str:
-            return f"    {name}: List[List[Tensor]] = [{', '.join(f'{name}{i}' for i in range(n))}]"
+        return [*head, *(f"        {line}" for line in lines), *self._epilogue(b), ""]
 
-        tail = [listing("GF", len(self.feed_slots)), listing("GP", self.n_groups),
-                f"    A: List[Optional[Tensor]] = [{', '.join(f'a{slot}' for slot in self.const_slots)}]",
-                listing("DA", n_deferred), listing("DB", n_deferred),
-                "    return gh, gc, GF, GP, A, DA, DB"]
-        return [*head, *(f"        {line}" for line in lines), *tail, ""]
+    def _epilogue(self, b: _Backward) -> list[str]:
+        """After the loop: each per-step gradient list (collected last step first) put in step order and stacked
+        into the gradient of what lies outside the loop: feeds `[T, ...]`, each product's term (`[T, B, k*H]`,
+        or `[k*H]` for a bias alone) and weights (one product over all T*B rows), constants."""
+        lines: list[str] = []
+        feeds = []
+        for k, slot in enumerate(self.feed_slots):
+            parts = []
+            if slot in b.assigned:
+                lines.append(f"GF{k}.reverse()")
+                parts.append(f"torch.stack(GF{k})")
+            for d in b.deferred[k]:
+                lines += [f"DA{d}.reverse()", f"DB{d}.reverse()"]
+                parts.append(f"torch.stack(DA{d}) * torch.stack(DB{d})")
+            lines.append(f"gf{k}: Optional[Tensor] = {' + '.join(parts) if parts else 'None'}")
+            feeds.append(f"gf{k}")
+        for j in range(self.n_groups):
+            lines += [f"GP{j}.reverse()", f"rows = torch.stack(GP{j}).flatten(0, 1)",  # [T*B, k*H], step order
+                      f"gw{j} = rows.t().mm(torch.cat(O[{j}]))",
+                      f"gt{j} = rows.sum(0)" if self.bias_only[j] else f"gt{j} = rows.view(T, Z.shape[0], -1)"]
+        for slot in self.const_slots:  # Diag's per-row products are summed over the batch here
+            lines += [f"if a{slot} is not None and a{slot}.dim() == 2:", f"    a{slot} = a{slot}.sum(0)"]
+        lines += [f"GF: List[Optional[Tensor]] = [{', '.join(feeds)}]",
+                  f"GT: List[Tensor] = [{', '.join(f'gt{j}' for j in range(self.n_groups))}]",
+                  f"GW: List[Tensor] = [{', '.join(f'gw{j}' for j in range(self.n_groups))}]",
+                  f"A: List[Optional[Tensor]] = [{', '.join(f'a{slot}' for slot in self.const_slots)}]",
+                  "return gh, gc, GF, GT, GW, A"]
+        return [f"    {line}" for line in lines]
 
     def _derivative(self, b: _Backward, op: str, out: int, args: tuple[int, ...], extra: Any) -> None:
         """Emit the backward of one instruction (its output gradients are complete here)."""
@@ -385,12 +415,11 @@ class _Loop(torch.autograd.Function):
                 c0: Tensor | None, *tensors: Tensor) -> Any:
         """Run the steps without autograd, saving per step what `backward` reads; return all h (and c_T)."""
         feeds, terms, weights, consts = code_split(code, tensors)
-        outs, saved, operands, _, c = fns.forward_save(steps, *_loop_inputs(code, feeds, terms, h0),
-                                                       [w.t() for w in weights], consts, h0,
-                                                       h0 if c0 is None else c0)
+        out, saved, operands, _, c = fns.forward_save(steps, *_loop_inputs(code, feeds, terms, h0),
+                                                      [w.t() for w in weights], consts, h0,
+                                                      h0 if c0 is None else c0)
         ctx.code, ctx.fns, ctx.saved, ctx.operands = code, fns, saved, operands
         ctx.save_for_backward(*weights, *consts)
-        out = torch.stack(outs)
         ctx.out_shape = out.shape
         if code.plan.memory_slot is not None:
             return out, c.clone()  # a fresh tensor: c_T itself may be saved for the backward
@@ -399,26 +428,16 @@ class _Loop(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, gout: Tensor, gc: Tensor | None = None) -> tuple:  # type: ignore[override]
-        """Run the steps in reverse; stack per-step gradients of what lies outside the loop into one each."""
+        """Run the steps in reverse (the generated backward also stacks the per-step gradients of what lies
+        outside the loop into one each)."""
         code: LoopCode = ctx.code
         n_w = code.n_groups
         params = ctx.saved_tensors
         weights, consts = list(params[:n_w]), list(params[n_w:])
         steps, batch, hidden = ctx.out_shape
         zeros = gout.new_zeros(batch, hidden)
-        gh, gc0, gf, gp, acc, da, db = ctx.fns.backward(steps, ctx.saved, list(gout.unbind(0)), weights, consts,
-                                                        zeros, gc if gc is not None else zeros)
-        gfeeds = []
-        for g, deferred in zip(gf, code.deferred, strict=True):
-            parts = [torch.stack(g[::-1])] if g else []
-            parts += [torch.stack(da[d][::-1]) * torch.stack(db[d][::-1]) for d in deferred]
-            gfeeds.append(sum(parts[1:], parts[0]) if parts else None)
-        gterms, gweights = [], []
-        for j, (g, ops) in enumerate(zip(gp, ctx.operands, strict=True)):
-            rows = torch.stack(g[::-1]).view(-1, g[0].shape[-1])  # [T*B, k*H], in step order
-            gweights.append(rows.t().mm(torch.cat(ops)))
-            gterms.append(rows.sum(0) if code.bias_only[j] else rows.view(steps, batch, -1))
-        gconsts = [a.sum(0) if a is not None and a.dim() == 2 else a for a in acc]
+        gh, gc0, gfeeds, gterms, gweights, gconsts = ctx.fns.backward(
+            steps, ctx.saved, ctx.operands, gout, weights, consts, zeros, gc if gc is not None else zeros)
         return (None, None, None, gh, gc0 if code.carried_c else None, *gfeeds, *gterms, *gweights, *gconsts)
 
 
@@ -451,6 +470,6 @@ def run_loop(code: LoopCode, steps: int, h: Tensor, c: Tensor | None, feeds: lis
     if torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, *tensors) if t is not None):
         result = _Loop.apply(code, fns, steps, h, c, *tensors)
         return (result[0], result[1]) if code.plan.memory_slot is not None else (result, None)
-    outs, _, _, _, c = fns.forward(steps, *_loop_inputs(code, feeds, terms, h), [w.t() for w in weights], consts,
-                                   h, h if c is None else c)
-    return torch.stack(outs), (c if code.plan.memory_slot is not None else None)
+    out, _, _, _, c = fns.forward(steps, *_loop_inputs(code, feeds, terms, h), [w.t() for w in weights], consts,
+                                  h, h if c is None else c)
+    return out, (c if code.plan.memory_slot is not None else None)
