@@ -17,6 +17,7 @@ Python. Both run the same operators in the same order, so they give equal result
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,17 @@ class Functions:
     forward_save: Callable[..., tuple]
     forward: Callable[..., tuple]
     backward: Callable[..., tuple]
+    store: Callable[[], Any]  # a new empty list for `forward_save` to put the saved values in
+
+
+_EMPTY_STORE = torch._C.ScriptList([[torch.empty(0)]])
+_EMPTY_STORE.pop()
+
+
+def _script_store() -> Any:
+    """An empty TorchScript `List[List[Tensor]]` (a copy of a typed empty one, ~2 us): the scripted forward fills
+    it and the scripted backward reads it with no Python object made for each of its tensors."""
+    return copy.copy(_EMPTY_STORE)
 
 
 _get_optimize, _set_optimize = torch._C._get_graph_executor_optimize, torch._C._set_graph_executor_optimize
@@ -182,7 +194,7 @@ class LoopCode:
         self.source = "\n".join([*self._function(fwd, saved, True), *self._function(fwd, saved, False), *bwd])
         namespace = dict(NAMESPACE)
         exec(compile(self.source, f"<loop of {plan.root_slot}>", "exec"), namespace)  # noqa: S102
-        self._python = Functions(namespace["forward_save"], namespace["forward"], namespace["backward"])
+        self._python = Functions(namespace["forward_save"], namespace["forward"], namespace["backward"], list)
         self._scripted: Functions | None = None
         self.script_error: str | None = None  # why TorchScript refused the source, when it did
 
@@ -200,7 +212,7 @@ class LoopCode:
                 self.script_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
                 return self._python
             self._scripted = Functions(*(_unoptimized(getattr(unit, name))
-                                         for name in ("forward_save", "forward", "backward")))
+                                         for name in ("forward_save", "forward", "backward")), _script_store)
         return self._scripted
 
     def _forward(self, steps: list[tuple]) -> list[str]:
@@ -248,18 +260,19 @@ class LoopCode:
         """Statements binding the loop's inputs to names: feeds, additive terms, weights, constants."""
         per_step = [j for j in range(self.n_groups) if not self.bias_only[j]]
         bias = [j for j in range(self.n_groups) if self.bias_only[j]]
-        return ([f"f{k} = F[{k}]" for k in range(len(self.feed_slots))]
-                + [f"tm{j} = TS[{i}]" for i, j in enumerate(per_step)]
+        return ([f"f{k} = F[{k}].unbind(0)" for k in range(len(self.feed_slots))]
+                + [f"tm{j} = TS[{i}].unbind(0)" for i, j in enumerate(per_step)]
                 + [f"tm{j} = TB[{i}]" for i, j in enumerate(bias)]
                 + [f"s{slot} = C[{i}]" for i, slot in enumerate(self.const_slots)])
 
     def _function(self, body: list[str], saved: list[str], save: bool) -> list[str]:
-        """`forward_save` / `forward`: the loop over steps; returns outputs, saved values (one list per name),
-        each product's operands, h_T and c_T."""
+        """`forward_save` / `forward`: the loop over steps; returns all outputs `[T, B, H]`, h_T and c_T.
+        `forward_save` also appends to `SO` the values the backward reads (one list per name), then each
+        product's operands (one list per product)."""
         plan = self.plan
-        head = [f"def {'forward_save' if save else 'forward'}(T: int, F: List[List[Tensor]], TS: List[List[Tensor]],"
-                " TB: List[Tensor], WT: List[Tensor], C: List[Tensor], h: Tensor, c: Tensor)"
-                " -> Tuple[Tensor, List[List[Tensor]], List[List[Tensor]], Tensor, Tensor]:",
+        head = [f"def {'forward_save' if save else 'forward'}(T: int, F: List[Tensor], TS: List[Tensor],"
+                " TB: List[Tensor], WT: List[Tensor], C: List[Tensor], h: Tensor, c: Tensor"
+                f"{', SO: List[List[Tensor]]' if save else ''}) -> Tuple[Tensor, Tensor, Tensor]:",
                 *(f"    {line}" for line in self._inputs()),
                 *(f"    wt{j} = WT[{j}]" for j in range(self.n_groups)),
                 "    outs: List[Tensor] = []",
@@ -276,9 +289,9 @@ class LoopCode:
         if plan.memory_slot is not None:  # read c_t before h_t replaces h_prev (c_t may be h_prev itself)
             lines.append(f"        s{plan.c_slot} = s{plan.memory_slot}")
         lines.append(f"        s{plan.h_slot} = s{plan.root_slot}")
-        tail = [f"    S: List[List[Tensor]] = [{', '.join(f'sv{i}' for i in range(len(saved)))}]",
-                f"    O: List[List[Tensor]] = [{', '.join(f'o{j}' for j in range(self.n_groups))}]",
-                f"    return torch.stack(outs), S, O, s{plan.h_slot}, s{plan.c_slot}", ""]
+        tail = ([f"    SO.append(sv{i})" for i in range(len(saved))] + [f"    SO.append(o{j})" for j in range(self.n_groups)]
+                if save else [])
+        tail += [f"    return torch.stack(outs), s{plan.h_slot}, s{plan.c_slot}", ""]
         return [*head, *lines, *tail]
 
     def _backward(self, steps: list[tuple]) -> list[str]:
@@ -300,14 +313,14 @@ class LoopCode:
         lines.append(f"gh = g{plan.h_slot}")
         lines += [f"gc = {b.grad(plan.c_slot)}"] if plan.memory_slot is not None else []
         n_deferred = sum(map(len, b.deferred))
-        head = ["def backward(T: int, S: List[List[Tensor]], O: List[List[Tensor]], gout: Tensor, W: List[Tensor],"
+        head = ["def backward(T: int, SO: List[List[Tensor]], gout: Tensor, W: List[Tensor],"
                 " C: List[Tensor], Z: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor, List[Optional[Tensor]],"
                 " List[Tensor], List[Tensor], List[Optional[Tensor]]]:",
                 "    GO = gout.unbind(0)",
                 "    gh = GO[T - 1]",
                 *(f"    w{j} = W[{j}]" for j in range(self.n_groups)),
                 *(f"    s{slot} = C[{i}]" for i, slot in enumerate(self.const_slots)),
-                *(f"    sv{i} = S[{i}]" for i in range(len(saved))),
+                *(f"    sv{i} = SO[{i}]" for i in range(len(saved))),
                 *(f"    GF{k}: List[Tensor] = []" for k in range(len(self.feed_slots))),
                 *(f"    GP{j}: List[Tensor] = []" for j in range(self.n_groups)),
                 *(f"    a{slot}: Optional[Tensor] = None" for slot in self.const_slots),
@@ -336,7 +349,7 @@ class LoopCode:
             feeds.append(f"gf{k}")
         for j in range(self.n_groups):
             lines += [f"GP{j}.reverse()", f"rows = torch.stack(GP{j}).flatten(0, 1)",  # [T*B, k*H], step order
-                      f"gw{j} = rows.t().mm(torch.cat(O[{j}]))",
+                      f"gw{j} = rows.t().mm(torch.cat(SO[{len(b.needed) + j}]))",
                       f"gt{j} = rows.sum(0)" if self.bias_only[j] else f"gt{j} = rows.view(T, Z.shape[0], -1)"]
         for slot in self.const_slots:  # Diag's per-row products are summed over the batch here
             lines += [f"if a{slot} is not None and a{slot}.dim() == 2:", f"    a{slot} = a{slot}.sum(0)"]
@@ -415,10 +428,10 @@ class _Loop(torch.autograd.Function):
                 c0: Tensor | None, *tensors: Tensor) -> Any:
         """Run the steps without autograd, saving per step what `backward` reads; return all h (and c_T)."""
         feeds, terms, weights, consts = code_split(code, tensors)
-        out, saved, operands, _, c = fns.forward_save(steps, *_loop_inputs(code, feeds, terms, h0),
-                                                      [w.t() for w in weights], consts, h0,
-                                                      h0 if c0 is None else c0)
-        ctx.code, ctx.fns, ctx.saved, ctx.operands = code, fns, saved, operands
+        store = fns.store()
+        out, _, c = fns.forward_save(steps, *_loop_inputs(code, feeds, terms, h0), [w.t() for w in weights],
+                                     consts, h0, h0 if c0 is None else c0, store)
+        ctx.code, ctx.fns, ctx.store = code, fns, store
         ctx.save_for_backward(*weights, *consts)
         ctx.out_shape = out.shape
         if code.plan.memory_slot is not None:
@@ -437,19 +450,19 @@ class _Loop(torch.autograd.Function):
         steps, batch, hidden = ctx.out_shape
         zeros = gout.new_zeros(batch, hidden)
         gh, gc0, gfeeds, gterms, gweights, gconsts = ctx.fns.backward(
-            steps, ctx.saved, ctx.operands, gout, weights, consts, zeros, gc if gc is not None else zeros)
+            steps, ctx.store, gout, weights, consts, zeros, gc if gc is not None else zeros)
         return (None, None, None, gh, gc0 if code.carried_c else None, *gfeeds, *gterms, *gweights, *gconsts)
 
 
 def _loop_inputs(code: LoopCode, feeds: list[Tensor], terms: list[Tensor],
-                 h: Tensor) -> tuple[list[list[Tensor]], list[list[Tensor]], list[Tensor]]:
-    """The feeds and additive terms as the generated loop reads them: per-step lists, and each bias-only term
-    repeated over the batch (an `addmm` of a `[B, n]` term is cheaper than of a broadcast `[n]` one, with the
-    same result)."""
-    per_step = [list(t.unbind(0)) for t, bias in zip(terms, code.bias_only, strict=True) if not bias]
+                 h: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The feeds and additive terms as the generated loop reads them: `[T, ...]` tensors (the loop takes them
+    apart per step), and each bias-only term repeated over the batch (an `addmm` of a `[B, n]` term is cheaper
+    than of a broadcast `[n]` one, with the same result)."""
+    per_step = [t for t, bias in zip(terms, code.bias_only, strict=True) if not bias]
     biases = [t.expand(h.shape[0], t.shape[0]).contiguous() for t, bias in zip(terms, code.bias_only, strict=True)
               if bias]
-    return [list(f.unbind(0)) for f in feeds], per_step, biases
+    return list(feeds), per_step, biases
 
 
 def code_split(code: LoopCode, tensors: tuple[Tensor, ...]) -> tuple[list, list, list, list]:
@@ -470,6 +483,6 @@ def run_loop(code: LoopCode, steps: int, h: Tensor, c: Tensor | None, feeds: lis
     if torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, *tensors) if t is not None):
         result = _Loop.apply(code, fns, steps, h, c, *tensors)
         return (result[0], result[1]) if code.plan.memory_slot is not None else (result, None)
-    out, _, _, _, c = fns.forward(steps, *_loop_inputs(code, feeds, terms, h), [w.t() for w in weights], consts,
-                                  h, h if c is None else c)
+    out, _, c = fns.forward(steps, *_loop_inputs(code, feeds, terms, h), [w.t() for w in weights], consts,
+                            h, h if c is None else c)
     return out, (c if code.plan.memory_slot is not None else None)
