@@ -60,7 +60,7 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
     from torch import nn
 
     from evonas.cells.library import resolve
-    from evonas.nn.model import CellModel
+    from evonas.nn.model import CellModel, embedded_dropout
     from evonas.training.optim import FlatAdam, flatten
     from evonas.training.tasks import get_task
 
@@ -71,17 +71,20 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
     b.mask = None if b.mask is None else b.mask[:steps]
 
     class TorchModel(nn.Module):
-        """The CellModel layout around a fused PyTorch RNN."""
+        """The CellModel layout around a fused PyTorch RNN. `own_encoder`: CellModel's token lookup (so that
+        only the recurrent layer differs from the compiled cell's model), else `nn.Embedding` (the stock way)."""
 
-        def __init__(self, rnn: type[nn.Module]):
+        def __init__(self, rnn: type[nn.Module], own_encoder: bool = True):
             super().__init__()
-            tokens = task.input_kind == "tokens"
-            self.encoder = nn.Embedding(task.n_inputs, hidden) if tokens else nn.Linear(task.n_inputs, hidden)
+            self.tokens = task.input_kind == "tokens"
+            self.own_encoder = own_encoder and self.tokens
+            self.encoder = nn.Embedding(task.n_inputs, hidden) if self.tokens else nn.Linear(task.n_inputs, hidden)
             self.rnn = rnn(hidden, hidden)
             self.decoder = nn.Linear(hidden, task.n_outputs)
 
         def features(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-            return self.rnn(self.encoder(x))[0], None
+            h = embedded_dropout(self.encoder, x, 0.0, self.training) if self.own_encoder else self.encoder(x)
+            return self.rnn(h)[0], None
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
             return self.decoder(self.features(x)[0]), None
@@ -124,7 +127,7 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
         return run
 
     out = {"nn.LSTM": trainer(TorchModel(nn.LSTM)), "nn.GRU": trainer(TorchModel(nn.GRU)),
-           "stock nn.LSTM": stock_trainer(TorchModel(nn.LSTM))}
+           "stock nn.LSTM": stock_trainer(TorchModel(nn.LSTM, own_encoder=False))}
     for name, text in cells.items():
         model = CellModel(resolve(text), task.input_kind, task.n_inputs, task.n_outputs, hidden)
         model.cells[0].use_fused = name != "LSTM(plan)"  # the generic plan, not PyTorch's kernel

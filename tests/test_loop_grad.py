@@ -164,3 +164,38 @@ def test_a_source_torchscript_refuses_runs_as_python(monkeypatch: pytest.MonkeyP
     assert code.script_error == "RuntimeError: Unknown builtin op: aten::made_up"
     assert code.functions() is code.functions(script=False)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("script", [True, False])
+def test_a_retained_graph_gives_the_same_gradients_twice(script: bool) -> None:
+    """The saved values outlive the first backward (loss1.backward(retain_graph=True); loss2.backward())."""
+    torch.manual_seed(0)
+    module = compile_cell(PLAN_CASES[5], 4, 5)
+    module.use_fused, module.loop_script = False, script
+    x = torch.randn(6, 3, 4, requires_grad=True)
+    out, _ = module(x)
+    assert type(out.grad_fn).__name__ == "_LoopBackward"
+    loss = out.tanh().sum()
+    first = torch.autograd.grad(loss, [x, *module.parameters()], retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(loss, [x, *module.parameters()], allow_unused=True)
+    for a, b in zip(first, second, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_saved_value_lists_are_emptied_and_reused_once_the_graph_is_freed() -> None:
+    """The scripted forward's lists of saved values come back, empty, when their autograd node goes."""
+    module = compile_cell(resolve("gru"), 4, 4)
+    module.use_fused = False
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    take = module.plan.loop_code().functions().store
+    pool = take.__self__  # the loop's _Stores
+    out, state = module(x)
+    assert not pool.free
+    out.sum().backward()
+    kept = out.grad_fn.store_ref  # the node keeps its list until the graph goes
+    assert kept() is not None and not pool.free
+    del out, state
+    assert kept() is None and len(pool.free) == 1 and len(pool.free[0]) == 0
+    out, _ = module(x)
+    assert not pool.free, "the next forward reuses the freed list"
+    out.sum().backward()

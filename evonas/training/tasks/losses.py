@@ -32,7 +32,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
         # d/dlogits = grad * (softmax - onehot), as log_softmax's backward computes it: grad * p, then -grad at y
         hidden, weight, logp, target = ctx.saved_tensors
-        g = logp.exp_().mul_(grad)  # the saved log-probabilities are not read again (once differentiable)
+        g = logp.exp().mul_(grad)  # not exp_: a retained graph reads the saved log-probabilities again
         g.scatter_add_(0, target[None], grad.neg().expand(1, target.shape[0]))
         return g.t().mm(weight), g.mm(hidden), g.sum(1), None
 
