@@ -187,11 +187,12 @@ def test_saved_value_lists_are_emptied_and_reused_once_the_graph_is_freed() -> N
     module = compile_cell(resolve("gru"), 4, 4)
     module.use_fused = False
     x = torch.randn(5, 2, 4, requires_grad=True)
-    take = module.plan.loop_code().functions().store
-    pool = take.__self__  # the loop's _Stores
+    pool = module.plan.loop_code().functions().stores  # the scripted loop's lists
     out, state = module(x)
     assert not pool.free
-    out.sum().backward()
+    out.sum().backward()  # the backward's own list of per-step gradients comes back at its end
+    assert len(pool.free) == 1 and len(pool.free[0]) == 0
+    pool.free.clear()
     kept = out.grad_fn.store_ref  # the node keeps its list until the graph goes
     assert kept() is not None and not pool.free
     del out, state
@@ -199,3 +200,22 @@ def test_saved_value_lists_are_emptied_and_reused_once_the_graph_is_freed() -> N
     out, _ = module(x)
     assert not pool.free, "the next forward reuses the freed list"
     out.sum().backward()
+
+
+def test_what_leaves_the_loop_is_an_ordinary_tensor() -> None:
+    """The scripted loop runs in inference mode; its outputs and gradients must not be inference tensors (they
+    could not be saved for backward, or changed in place, e.g. by gradient clipping)."""
+    module = compile_cell("Tanh(Memory(Add(Mult(LayerNorm(MM(h_prev)),Diag(c_prev)),MM(x))))", 3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    h0, c0 = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+    out, (h, c) = module(x, (h0, c0))
+    assert type(out.grad_fn).__name__ == "_LoopBackward"
+    assert not any(t.is_inference() for t in (out, h, c))
+    (out.sum() + c.square().sum()).backward()
+    grads = [x.grad, h0.grad, c0.grad, *(p.grad for p in module.parameters())]
+    assert all(g is not None and not g.is_inference() for g in grads)
+    for g in grads:
+        g.mul_(0.5)  # clipping scales gradients in place
+    with torch.no_grad():
+        plain, _ = module(x, (h0, c0))
+    assert not plain.is_inference()
