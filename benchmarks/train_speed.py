@@ -267,12 +267,14 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
         return wrapper
 
     loop = train._Loop  # type: ignore[attr-defined]
-    # (owner, attribute, phase): what the training loop calls, each timed as its phase
-    # CellModel.features: the model without its output layer, which the task's head_loss_sum applies (this
-    # tree); a baseline tree's training loop calls CellModel.forward
-    wrapped = [(CellModel, "features" if hasattr(CellModel, "features") else "forward", "forward"), (torch.Tensor, "backward", "backward"),
+    # (owner, attribute, phase): what the training loop calls, each timed as its phase. This tree's loop calls
+    # CellModel.features and then the task's head_loss_sum (output layer and loss, counted as forward); an
+    # older tree's calls CellModel.forward and the task's loss_sum (counted as other)
+    task_class = type(train.get_task(cfg.task, cfg.data, cfg.level))  # type: ignore[attr-defined]
+    fused = hasattr(CellModel, "features")
+    wrapped = [(CellModel, "features" if fused else "forward", "forward"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimizer"), (torch.nn.utils, "clip_grad_norm_", "optimizer"),
-               (loop, "split_loss", "validation")]
+               (loop, "split_loss", "validation"), *([(task_class, "head_loss_sum", "forward")] if fused else [])]
     try:  # the flat optimizer step (this tree); a baseline tree may predate it
         from evonas.training import optim
 
@@ -282,8 +284,7 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
     except ImportError:
         pass
     originals = [getattr(owner, name) for owner, name, _ in wrapped]
-    task_classes = {type(train.get_task(cfg.task, cfg.data, cfg.level))}  # type: ignore[attr-defined]
-    batch_originals = {c: c.batches for c in task_classes if issubclass(c, Task)}
+    batch_originals = {c: c.batches for c in (task_class,) if issubclass(c, Task)}
     for (owner, name, phase), fn in zip(wrapped, originals, strict=True):
         setattr(owner, name, timed(phase, fn))
     for c, fn in batch_originals.items():

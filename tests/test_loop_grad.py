@@ -156,7 +156,7 @@ def test_a_source_torchscript_refuses_runs_as_python(monkeypatch: pytest.MonkeyP
     module = compile_cell(resolve("gru"), 4, 4)
     x = torch.randn(5, 2, 4, requires_grad=True)
     want = torch.autograd.grad(module(x)[0].square().sum(), x)[0]
-    monkeypatch.setattr(loop_grad, "_script", refuse)
+    monkeypatch.setattr(loop_grad, "compile_source", refuse)
     fresh = compile_cell(resolve("gru"), 4, 4)
     fresh.load_state_dict(module.state_dict())
     got = torch.autograd.grad(fresh(x)[0].square().sum(), x)[0]
