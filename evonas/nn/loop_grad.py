@@ -17,6 +17,7 @@ Python. Both run the same operators in the same order, so they give equal result
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -100,11 +101,15 @@ class LoopCode:
         fwd, bwd = self._forward(steps), self._backward(steps)
         saved = sorted(self._needed)
         self.source = "\n".join([*self._function(fwd, saved, True), *self._function(fwd, saved, False), *bwd])
-        namespace = dict(NAMESPACE)
-        exec(compile(self.source, f"<loop of {plan.root_slot}>", "exec"), namespace)  # noqa: S102
-        self._python = Functions(*(namespace[name] for name in FUNCTIONS), None)
         self._scripted: Functions | None = None
         self.script_error: str | None = None  # why TorchScript refused the source, when it did
+
+    @functools.cached_property
+    def _python(self) -> Functions:
+        """The source run as Python (made when first needed: the scripted run is the usual one)."""
+        namespace = dict(NAMESPACE)
+        exec(compile(self.source, f"<loop of {self.plan.root_slot}>", "exec"), namespace)  # noqa: S102
+        return Functions(*(namespace[name] for name in FUNCTIONS), None)
 
     def functions(self, script: bool = True) -> Functions:
         """The loop's functions: the source compiled by TorchScript (default; the loop then runs without a

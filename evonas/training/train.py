@@ -306,7 +306,7 @@ class _Loop:
             self.model.train()
         hidden, state = self.model.features(batch.x, detach_state(state))
         total, count = self.task.head_loss_sum(hidden, self.model.decoder, batch)
-        loss = total / count.clamp(min=1)
+        loss = total / max(float(count), 1.0)
         value = float(loss.detach())
         self.step += 1
         self.batch_in_epoch += 1
