@@ -1,11 +1,12 @@
 """Training speed at the search's own sizes: whole training steps, whole evaluations, and where the time goes.
 
-1. Training step (forward, loss, backward, gradient clipping, Adam: the training loop's step, with its flat
-   optimizer of `evonas.training.optim`) of the model around a cell (`CellModel`) against the same model
-   around `torch.nn.LSTM` / `nn.GRU` trained with the same step, and against `nn.LSTM` trained the stock way
-   (`torch.optim.Adam(foreach=True)`, `clip_grad_norm_`), in
-   one process, one thread, interleaved, median of repeats: the library LSTM, the PyTorch-form GRU and the
-   library GRU, and five random cells over the core operators (those of the default search), at hidden
+1. Training step (forward, loss, backward, gradient clipping, Adam: the training loop's step, with the task's
+   fused output layer and loss and the flat optimizer of `evonas.training.optim`) of the model around a cell
+   (`CellModel`) against the same model (same token lookup) around `torch.nn.LSTM` / `nn.GRU` trained with the
+   same step, and against `nn.LSTM` trained the stock way (`nn.Embedding`, `nn.Linear`, `F.cross_entropy`,
+   `torch.optim.Adam(foreach=True)`, `clip_grad_norm_`), in one process, one thread, interleaved, each timing
+   `--calls` steps in a row after an untimed one, median of repeats: the library LSTM, the PyTorch-form GRU and
+   the library GRU, and five random cells over the core operators (those of the default search), at hidden
    32/64/128, batch 8/32, T=35, on the synthetic task and on JSB chorales (real batches cut to 35 steps);
    plus the LSTM at B=64 H=650.
 2. Whole evaluations at the default search budget (configs/default.yaml: synthetic, hidden 32, 200 steps,
@@ -15,7 +16,7 @@
    DIR`, for another source tree (e.g. `git archive` of an older commit), interleaved run by run.
 3. Where one warm evaluation's time goes (data, forward, backward, optimizer, validation) and the start-up.
 
-    .venv/bin/python benchmarks/train_speed.py [--quick] [--repeats 7] [--data JSB.json] [--baseline DIR]
+    .venv/bin/python benchmarks/train_speed.py [--quick] [--repeats 7] [--calls 5] [--data JSB.json] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -144,9 +145,12 @@ def step_table(args: argparse.Namespace) -> None:
     rand = random_cell_texts(args.random)
     cells = {"LSTM": LSTM, "LSTM(plan)": LSTM, "GRU(pt)": GRU_PYTORCH, "GRU": "gru",
              **{f"rand{i + 1}": t for i, t in enumerate(rand)}}
-    print("\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM, every model trained\n"
-          "   with evonas' step (flat Adam and clipping); 'stock': nn.LSTM with torch.optim.Adam(foreach=True) and\n"
-          "   clip_grad_norm_, and 'LSTM/stock' the library LSTM in evonas' step against it\n"
+    print(f"\n1. training step (forward, loss, backward, clip, Adam), T=35; ratio to nn.LSTM, every model trained\n"
+          "   with evonas' step (the task's fused output layer and loss, flat Adam and clipping; the same token\n"
+          "   lookup); 'stock': nn.LSTM with nn.Embedding, nn.Linear and F.cross_entropy,\n"
+          "   torch.optim.Adam(foreach=True) and clip_grad_norm_, and 'LSTM/stock' the library LSTM in evonas' step\n"
+          "   against it; each timing is\n"
+          f"   {args.calls} steps in a row after one untimed, median of {args.repeats} interleaved repeats\n"
           "   (LSTM(plan): the LSTM on the generic plan, not PyTorch's kernel; GRU(pt): the PyTorch-form GRU,\n"
           "   and GRU: the library GRU, to nn.GRU)")
     for i, t in enumerate(rand):

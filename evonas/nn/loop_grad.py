@@ -11,8 +11,9 @@ recurrent weight one product over all T*B rows, and a product into a static valu
 after the loop. Operators it does not know make `LoopCode.supported` False,
 and the plan runs as before (`evonas.nn.fast`), as it also does with `module.loop_grad = False`.
 The generated source is valid TorchScript as well as Python: TorchScript runs it by default (no Python
-statement per operator and step); `module.loop_script = False`, or a source TorchScript refuses, runs it as
-Python. Both run the same operators in the same order, so they give equal results.
+statement per operator and step, in inference mode, see `evonas.nn.loop_runtime`); `module.loop_script = False`,
+or a source TorchScript refuses, runs it as Python. Both run the same operators in the same order, so they give
+equal results.
 """
 
 from __future__ import annotations
