@@ -69,6 +69,9 @@ def layer_norm_bw(g: Tensor, a: Tensor, shape: List[int], m: Tensor, r: Tensor, 
 """
 
 
+SCRIPT_NAMES: dict[str, Any] = {"torch": torch, "Tensor": Tensor, "List": list, "Tuple": tuple, "Optional": Optional}
+
+
 @functools.lru_cache(maxsize=64)
 def compile_source(source: str) -> torch.jit.CompilationUnit:
     """The generated source compiled by TorchScript (cached: a cell trained at several rungs compiles once).
@@ -78,9 +81,6 @@ def compile_source(source: str) -> torch.jit.CompilationUnit:
     unit = torch.jit.CompilationUnit()
     unit.define(PRELUDE + source, rcb=SCRIPT_NAMES.get)
     return unit
-
-
-SCRIPT_NAMES: dict[str, Any] = {"torch": torch, "Tensor": Tensor, "List": list, "Tuple": tuple, "Optional": Optional}
 
 
 class Stores:
@@ -118,7 +118,8 @@ FUNCTIONS = ("forward_save", "forward", "backward", "finish")
 
 @dataclass(frozen=True)
 class Functions:
-    """The generated loop's three functions (see `LoopCode._function` and `LoopCode._backward`)."""
+    """The generated loop's four functions (see `LoopCode._function`, `_backward` and `_finish` in
+    `evonas.nn.loop_grad`) and where their saved values live."""
 
     forward_save: Callable[..., tuple]
     forward: Callable[..., tuple]
@@ -149,7 +150,7 @@ _get_optimize, _set_optimize = torch._C._get_graph_executor_optimize, torch._C._
 def unoptimized(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A TorchScript function run by the plain interpreter: the profiling executor would spend its first two
     calls (~0.1 s) profiling, for no measured gain on these straight-line loops."""
-    def call(*args: Any) -> Any:  # torch.jit.optimized_execution(False), without a context manager's ~3 us
+    def call(*args: Any) -> Any:  # torch.jit.optimized_execution(False), without a context manager's ~1 us
         stored = _get_optimize()
         _set_optimize(False)
         try:
