@@ -99,7 +99,7 @@ def step_contenders(task_name: str, data: str | None, hidden: int, batch: int, s
         def run() -> None:
             hidden, _ = model.features(b.x)
             total, count = task.head_loss_sum(hidden, model.decoder, b)
-            loss = total / count.clamp(min=1)
+            loss = total / max(float(count), 1.0)
             float(loss.detach())
             flat.zero_grad()
             loss.backward()

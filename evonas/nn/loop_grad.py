@@ -45,6 +45,11 @@ class _Backward:
         self.feeds, self.consts = feeds, {f"s{c}" for c in consts}
         self.deferred: list[list[int]] = [[] for _ in feeds]  # per feed: products computed after the loop
 
+    @property
+    def n_deferred(self) -> int:
+        """How many products into static values' gradients are computed after the loop (numbered 0..n-1)."""
+        return sum(map(len, self.deferred))
+
     def use(self, name: str) -> str:
         """A forward value the backward reads: the forward then saves it per step."""
         self.needed.add(name)
@@ -54,7 +59,7 @@ class _Backward:
         """g[slot] += contribution; kind: id (e), mm (e0 @ e1), neg (-e), mul (e0*e1), negmul (-e0*e1)."""
         if kind == "mul" and slot in self.feeds and all(n.isidentifier() and n not in self.consts for n in e):
             # a product into a static value's gradient: one product over all steps after the loop
-            d = sum(map(len, self.deferred))
+            d = self.n_deferred
             self.deferred[self.feeds.index(slot)].append(d)
             self.lines += [f"DA{d}.append({e[0]})", f"DB{d}.append({e[1]})"]
             return
@@ -78,8 +83,8 @@ class _Backward:
 
 
 class LoopCode:
-    """A plan's time loop as generated source (TorchScript and Python): `forward_save`, `forward` (no saving)
-    and `backward`."""
+    """A plan's time loop as generated source (TorchScript and Python): `forward_save`, `forward` (no saving),
+    `backward` (the steps in reverse) and `finish` (the gradients of what lies outside the loop)."""
 
     def __init__(self, plan: Any):  # an evonas.nn.fast.Plan (which imports this module)
         """Generate and compile the loop of `plan` (once per plan); `supported` False leaves it to autograd."""
@@ -225,7 +230,6 @@ class LoopCode:
         lines += [f"GF{k}.append({b.grad(slot)})" for k, slot in enumerate(self.feed_slots) if slot in b.assigned]
         lines.append(f"gh = g{plan.h_slot}")
         lines += [f"gc = {b.grad(plan.c_slot)}"] if plan.memory_slot is not None else []
-        n_deferred = sum(map(len, b.deferred))
         head = ["def backward(T: int, SO: List[List[Tensor]], G: List[List[Tensor]], gout: Tensor, W: List[Tensor],"
                 " C: List[Tensor], Z: Tensor, gc: Tensor) -> Tuple[Tensor, Tensor, List[Optional[Tensor]]]:",
                 "    GO = gout.unbind(0)",
@@ -236,11 +240,9 @@ class LoopCode:
                 *(f"    GF{k}: List[Tensor] = []" for k in range(len(self.feed_slots))),
                 *(f"    GP{j}: List[Tensor] = []" for j in range(self.n_groups)),
                 *(f"    a{slot}: Optional[Tensor] = None" for slot in self.const_slots),
-                *(f"    {name}{d}: List[Tensor] = []" for d in range(n_deferred) for name in ("DA", "DB")),
+                *(f"    {name}{d}: List[Tensor] = []" for d in range(b.n_deferred) for name in ("DA", "DB")),
                 "    for t in range(T - 1, -1, -1):"]
         self.carried_c = uses_c and plan.memory_slot is not None
-        self.deferred = b.deferred
-
         return [*head, *(f"        {line}" for line in lines), *self._epilogue(b), "", *self._finish(b)]
 
     def _epilogue(self, b: _Backward) -> list[str]:
@@ -250,7 +252,7 @@ class LoopCode:
         for k, slot in enumerate(self.feed_slots):
             if slot in b.assigned:
                 lines += [f"GF{k}.reverse()", f"G.append(GF{k})"]
-        for d in range(sum(map(len, b.deferred))):
+        for d in range(b.n_deferred):
             lines += [f"DA{d}.reverse()", f"DB{d}.reverse()", f"G.append(DA{d})", f"G.append(DB{d})"]
         for j in range(self.n_groups):
             lines += [f"GP{j}.reverse()", f"G.append(GP{j})"]
@@ -264,7 +266,7 @@ class LoopCode:
         product over all T*B rows), constants (Diag's per-row products summed over the batch)."""
         n_saved, lines, feeds = len(b.needed), [], []
         reached = [k for k, slot in enumerate(self.feed_slots) if slot in b.assigned]  # G: their lists first,
-        at = len(reached) + 2 * sum(map(len, b.deferred))  # then each deferred product's two, then the products'
+        at = len(reached) + 2 * b.n_deferred  # then each deferred product's two, then the products'
         for k in range(len(self.feed_slots)):
             parts = [f"torch.stack(G[{reached.index(k)}])"] if k in reached else []
             for d in b.deferred[k]:
