@@ -176,19 +176,24 @@ def step_table(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- 2-3. evaluations, in child processes
 
 
-def child_env(tree: Path | None) -> dict[str, str]:
-    """Environment of a child process importing evonas from `tree` (None: this checkout)."""
+def child_env(tree: Path | None, preload: Path | None = None) -> dict[str, str]:
+    """Environment of a child process importing evonas from `tree` (None: this checkout), with the allocator
+    `preload` preloaded as a search's worker processes have it (`evonas.evaluation.allocator`)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("LD_PRELOAD", None)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
+    if preload is not None:
+        env["LD_PRELOAD"] = str(preload)
     return env
 
 
-def run_child(argv: list[str], tree: Path | None) -> tuple[float, str]:
+def run_child(argv: list[str], tree: Path | None, preload: Path | None = None) -> tuple[float, str]:
     """Run a child process; return its CPU seconds (user + system) and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # cwd: `python -c` puts the working directory first on sys.path, so it decides which evonas is imported
-    proc = subprocess.run(argv, env=child_env(tree), capture_output=True, text=True, check=False, cwd=tree or REPO)
+    proc = subprocess.run(argv, env=child_env(tree, preload), capture_output=True, text=True, check=False,
+                          cwd=tree or REPO)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{argv[:4]} failed: {proc.stderr.strip()[-2000:]}")
@@ -214,6 +219,12 @@ def worker(spec: dict) -> dict:
     from evonas.training import train
 
     t_import = time.process_time() - t0
+    try:  # the allocator this worker runs with (a baseline tree may predate evonas.evaluation.allocator)
+        from evonas.evaluation.allocator import loaded_allocator
+
+        malloc = loaded_allocator()
+    except ImportError:
+        malloc = "system"
     torch.set_num_threads(1)
     cfg = train.TrainConfig(**spec["budget"])
     first = time.process_time()
@@ -226,7 +237,8 @@ def worker(spec: dict) -> dict:
         warm.append(time.process_time() - start)
         losses.append(r.valid_loss)
         statuses.append(r.status)
-    return {"import_torch": t_torch, "import": t_import, "first_eval": t_first, "warm": warm, "losses": losses,
+    return {"malloc": malloc, "import_torch": t_torch, "import": t_import, "first_eval": t_first, "warm": warm,
+            "losses": losses,
             "statuses": statuses, "phases": profile_phases(train, spec["cells"][0], cfg)}
 
 
@@ -306,49 +318,74 @@ def profile_phases(train: object, cell: str, cfg: object) -> dict[str, float]:
     return spent
 
 
+def contenders(args: argparse.Namespace) -> dict[str, tuple[Path | None, Path | None]]:
+    """The evaluation table's rows: label -> (source tree, None for this checkout; allocator preloaded into the
+    worker, None for the system's malloc). This tree runs as a search's workers do (with the allocator `auto`
+    finds, when one is installed), and also with the system's malloc; a baseline tree with the system's."""
+    from evonas.evaluation.allocator import loaded_allocator, resolve_allocator
+
+    preload = resolve_allocator("auto")
+    rows: dict[str, tuple[Path | None, Path | None]] = {}
+    if args.baseline:
+        rows["baseline"] = (Path(args.baseline).resolve(), None)
+    if preload is None:
+        rows["this tree"] = (None, None)
+    else:
+        rows["this tree, glibc"] = (None, None)
+        rows[f"this tree, {preload.name.split('.')[0].removeprefix('lib').split('_')[0]}"] = (None, preload)
+    assert loaded_allocator() == "system", "run the benchmark itself without LD_PRELOAD"
+    return rows
+
+
 def eval_table(args: argparse.Namespace) -> None:
-    """Print sections 2 and 3 for this tree and the baseline tree, interleaved."""
+    """Print sections 2 and 3 for this tree (with the system's malloc and the workers' allocator) and the
+    baseline tree, interleaved."""
     cells = ["lstm", "gru", *random_cell_texts(args.random)]
     budgets = [("default", DEFAULT_BUDGET)] + ([("jsb rung 0", {**JSB_BUDGET, "data": args.data})]
                                                if args.data and not args.quick else [])
-    trees: dict[str, Path | None] = {"this tree": None}
-    if args.baseline:
-        trees = {"baseline": Path(args.baseline).resolve(), "this tree": None}
+    trees = contenders(args)
     me = str(Path(__file__).resolve())
     for label, budget in budgets:
         cold: dict[str, list[float]] = {t: [] for t in trees}
         warm: dict[str, list[dict]] = {t: [] for t in trees}
         for r in range(args.eval_repeats):
             for tree in trees if r % 2 == 0 else reversed(list(trees)):
-                cpu, _ = run_child(cold_argv("lstm", budget), trees[tree])
-                cold[tree].append(cpu)
+                path, preload = trees[tree]
+                if preload is None:  # `evonas train` in a terminal runs with the system's malloc
+                    cpu, out = run_child(cold_argv("lstm", budget), path)
+                    if '"valid_loss"' in out:  # an older tree's CLI may not start here (see the README)
+                        cold[tree].append(cpu)
                 spec = json.dumps({"budget": budget, "cells": cells})
-                _, out = run_child([sys.executable, me, "--worker", spec], trees[tree])
+                _, out = run_child([sys.executable, me, "--worker", spec], path, preload)
                 warm[tree].append(json.loads(out.strip().splitlines()[-1]))
         print(f"\n2. evaluations at the {label} budget {budget}; CPU seconds, median of {args.eval_repeats} runs",
               flush=True)
-        print(f"  {'tree':10s} {'cold LSTM':>10s} {'evals/CPU-min':>13s} {'warm mean':>10s} {'evals/CPU-min':>13s}  "
+        print(f"  {'tree':18s} {'cold LSTM':>10s} {'evals/CPU-min':>13s} {'warm mean':>10s} {'evals/CPU-min':>13s}  "
               "warm per cell (lstm, gru, rand...; * = diverged or failed, left out of the mean)")
         rate = {}
         for tree in trees:
             per_cell = [statistics.median(w["warm"][i] for w in warm[tree]) for i in range(len(cells))]
             ok = [status == "ok" for status in warm[tree][0].get("statuses", ["ok"] * len(cells))]
             mean = statistics.fmean(t for t, good in zip(per_cell, ok, strict=True) if good)
-            rate[tree] = (60 / statistics.median(cold[tree]), 60 / mean)
+            cold_s = statistics.median(cold[tree]) if cold[tree] else None
+            rate[tree] = (60 / cold_s if cold_s else None, 60 / mean)
             marked = " ".join(f"{t:.2f}{'' if ok[i] else '*'}" for i, t in enumerate(per_cell))
-            print(f"  {tree:10s} {statistics.median(cold[tree]):9.2f}s {rate[tree][0]:13.1f} {mean:9.2f}s "
-                  f"{rate[tree][1]:13.1f}  {marked}")
-        if args.baseline:
-            now, before = rate["this tree"], rate["baseline"]
-            print(f"  speed-up (this tree / baseline, evals per CPU-minute): cold {now[0] / before[0]:.2f}x, "
-                  f"warm {now[1] / before[1]:.2f}x")
-            pairs = list(zip(warm["baseline"][0]["losses"], warm["this tree"][0]["losses"], strict=True))
-            diff = max((abs(a - b) / abs(a) for a, b in pairs if a and b), default=0.0)
-            print(f"  valid losses equal to the baseline's: {sum(a == b for a, b in pairs)} of {len(pairs)}; "
-                  f"max relative difference {diff:.1e}")
+            cold_cols = f"{cold_s:9.2f}s {rate[tree][0]:13.1f}" if cold_s else f"{'-':>10s} {'-':>13s}"
+            print(f"  {tree:18s} {cold_cols} {mean:9.2f}s {rate[tree][1]:13.1f}  {marked}")
+        print("  malloc in the warm workers: " + ", ".join(f"{t}: {warm[t][0].get('malloc', 'system')}" for t in trees))
+        if "baseline" in trees:
+            base = rate["baseline"]
+            for tree in [t for t in trees if t != "baseline"]:
+                cold_ratio = f"cold {rate[tree][0] / base[0]:.2f}x, " if rate[tree][0] else ""
+                print(f"  speed-up of {tree} over the baseline (evals per CPU-minute): {cold_ratio}"
+                      f"warm {rate[tree][1] / base[1]:.2f}x")
+                pairs = list(zip(warm["baseline"][0]["losses"], warm[tree][0]["losses"], strict=True))
+                diff = max((abs(a - b) / abs(a) for a, b in pairs if a and b), default=0.0)
+                print(f"    valid losses equal to the baseline's: {sum(a == b for a, b in pairs)} of {len(pairs)}; "
+                      f"max relative difference {diff:.1e}")
         print(f"\n3. where the time goes (CPU s, median of runs): start-up in a fresh process, then one warm LSTM "
               f"evaluation at the {label} budget")
-        print(f"  {'tree':10s} {'torch':>6s} {'evonas':>6s} {'1st eval':>8s} | "
+        print(f"  {'tree':18s} {'torch':>6s} {'evonas':>6s} {'1st eval':>8s} | "
               + " ".join(f"{p:>10s}" for p in PHASES[1:]) + f" {'total':>7s}")
         for tree in trees:
             med = {k: statistics.median(w["phases"][k] for w in warm[tree]) for k in PHASES[1:]}
@@ -356,7 +393,7 @@ def eval_table(args: argparse.Namespace) -> None:
             imp = statistics.median(w["import"] for w in warm[tree]) - imp_t
             first = statistics.median(w["first_eval"] for w in warm[tree])
             total = sum(med.values())
-            print(f"  {tree:10s} {imp_t:6.2f} {imp:6.2f} {first:8.2f} | "
+            print(f"  {tree:18s} {imp_t:6.2f} {imp:6.2f} {first:8.2f} | "
                   + " ".join(f"{med[p]:5.2f} {100 * med[p] / total:3.0f}%" for p in PHASES[1:]) + f" {total:7.2f}")
 
 

@@ -2,7 +2,8 @@
 
 `scripted` reads what to do from the job's cell text, "<action>-<anything>":
 ok (a result whose valid_loss is derived from the key), raise, exit (os._exit(3)), kill (SIGKILL itself),
-hang (sleeps far past any test timeout), env (reports its device environment in `reason`), pid,
+hang (sleeps far past any test timeout), env (reports its device environment in `reason`), pid, malloc
+(its allocator and LD_PRELOAD),
 gather (reports its worker's placement once `config["n"]` workers have each taken one gather job, so that
 every worker is seen), resolve (simulates the GPUs that CUDA_VISIBLE_DEVICES shows, then reports what
 `resolve_device` makes of the job's device).
@@ -54,6 +55,10 @@ def scripted(job) -> dict:  # noqa: ANN001 - evonas.evaluation.Job
         return ok_result(job.key, env + os.environ.get("OMP_NUM_THREADS", "-"))
     if action == "pid":
         return ok_result(job.key, str(os.getpid()))
+    if action == "malloc":  # the allocator this worker runs with, and what it preloaded
+        from evonas.evaluation.allocator import loaded_allocator
+
+        return ok_result(job.key, f"{loaded_allocator()}|{os.environ.get('LD_PRELOAD', '-')}")
     if action == "gather":
         return ok_result(job.key, json.dumps(_gather(job)))
     if action == "resolve":

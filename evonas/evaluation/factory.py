@@ -63,9 +63,10 @@ def local_devices(device: str, workers: int, evals_per_gpu: int, gpus: int | Non
 
 def make_evaluator(backend: str = "local", device: str = "auto", workers: int = 1, timeout: float | None = None,
                    threads: int | None = None, ray_address: str | None = None, evals_per_gpu: int = 1,
-                   fn: JobFn = train_job, log: Path | None = None) -> Evaluator:
-    """The evaluator for these settings (local processes or Ray); device errors are raised here, before work.
-    Local workers write what they print to `log` (the run's workers.log)."""
+                   fn: JobFn = train_job, log: Path | None = None, allocator: str = "auto") -> Evaluator:
+    """The evaluator for these settings (local processes or Ray); device and allocator errors are raised here,
+    before work. Local workers write what they print to `log` (the run's workers.log) and run with the malloc
+    `allocator` names (`evonas.evaluation.allocator`; Ray starts its own workers and ignores it)."""
     if backend == "ray":
         from evonas.evaluation.ray_backend import RayEvaluator
 
@@ -76,4 +77,4 @@ def make_evaluator(backend: str = "local", device: str = "auto", workers: int = 
 
     devices = local_devices(device, workers, evals_per_gpu)
     return LocalEvaluator(workers=len(devices), timeout=timeout, devices=devices, threads=threads, fn=fn,
-                          evals_per_gpu=evals_per_gpu, log=log)
+                          evals_per_gpu=evals_per_gpu, log=log, allocator=allocator)

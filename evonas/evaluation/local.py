@@ -13,10 +13,13 @@ Workers ignore Ctrl-C and SIGTERM (the parent handles them and stops its workers
 evaluation is never recorded as a failure) and exit by themselves within a second when the parent dies.
 With `log`, a worker's stdout and stderr (its file descriptors, so C libraries too) go to the end of that
 file instead of the parent's terminal (the search passes RUN/workers.log).
+Workers start with the allocator `allocator` names preloaded (default `auto`: tcmalloc or jemalloc when
+installed, see `evonas.evaluation.allocator`); each reports the one it runs with (`worker_allocators`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import pickle  # only to name its error: workers send results through multiprocessing pipes
@@ -26,11 +29,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import wait as mp_wait
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from evonas.errors import ConfigError
+from evonas.evaluation.allocator import PRELOAD, loaded_allocator, preload_value, resolve_allocator
 from evonas.evaluation.base import (
     Evaluator,
     Job,
@@ -44,9 +49,6 @@ from evonas.evaluation.base import (
     result_from_message,
     train_job,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # Consecutive worker deaths before any job was handed over, after which the pool gives up.
 MAX_START_FAILURES = 3
@@ -120,8 +122,8 @@ def _redirect_output(path: str) -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.reconfigure(line_buffering=True)
-    print(f"--- {mp.current_process().name} (pid {os.getpid()}) started {time.strftime('%Y-%m-%d %H:%M:%S')}",
-          flush=True)
+    print(f"--- {mp.current_process().name} (pid {os.getpid()}) started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+          f"malloc: {loaded_allocator()}", flush=True)
 
 
 def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, parent_pid: int,
@@ -142,7 +144,7 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
         conn.send(("fatal", f"cannot load job function: {describe_exception(exc)}"))
         return
     try:
-        conn.send(("ready", os.getpid()))
+        conn.send(("ready", os.getpid(), loaded_allocator()))
     except OSError:  # BrokenPipeError: the parent was killed while this worker started; exit quietly
         return
     while True:
@@ -163,11 +165,33 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
             conn.send(("failed", f"result cannot be sent back: {describe_exception(exc)}", 0.0))
 
 
+_ENVIRON_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _preloading(library: Path | None) -> Iterator[None]:
+    """While a worker starts: `library` preloaded in the environment it inherits (spawn takes this process's
+    environment when it executes the new interpreter, and a library must be preloaded from its start)."""
+    if library is None:
+        yield
+        return
+    with _ENVIRON_LOCK:
+        before = os.environ.get(PRELOAD)
+        os.environ[PRELOAD] = preload_value(library, before)
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ[PRELOAD]
+            else:
+                os.environ[PRELOAD] = before
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
     def __init__(self, ctx: Any, slot: int, fn_ref: Any, device: str | None, threads: int,
-                 memory_fraction: float | None = None, log: str | None = None):
+                 memory_fraction: float | None = None, log: str | None = None, preload: Path | None = None):
         self.slot, self.device = slot, device
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(
@@ -175,10 +199,12 @@ class _Worker:
             args=(child_conn, fn_ref, _device_env(device, memory_fraction), threads, os.getpid(), log),
             name=f"evonas-worker-{slot}",
         )
-        self.proc.start()
+        with _preloading(preload):
+            self.proc.start()
         child_conn.close()
         self.conn = parent_conn
         self.ready = False
+        self.allocator: str | None = None  # the malloc the worker reports it runs with (once ready)
         self.job: Job | None = None
         self.started = 0.0
         self.spawned = time.monotonic()
@@ -239,6 +265,7 @@ class LocalEvaluator(Evaluator):
         startup_timeout: float = STARTUP_TIMEOUT,
         evals_per_gpu: int = 1,
         log: str | os.PathLike | None = None,
+        allocator: str = "auto",
     ):
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -258,17 +285,22 @@ class LocalEvaluator(Evaluator):
         self.threads = threads or default_threads(self.n_workers)
         self.startup_timeout = startup_timeout
         self.log = os.fspath(log) if log is not None else None  # where workers print (None: this process's streams)
+        self.preload = resolve_allocator(allocator)  # the library preloaded into workers (None: system malloc)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
     def _spawn(self, slot: int) -> _Worker:
         return _Worker(self._ctx, slot, self.fn_ref, self.devices[slot % len(self.devices)], self.threads,
-                       self.memory_fraction, self.log)
+                       self.memory_fraction, self.log, self.preload)
 
     def worker_devices(self) -> list[str | None]:
         """The device (as this process names it) each worker slot is pinned to."""
         return [self.devices[i % len(self.devices)] for i in range(self.n_workers)]
+
+    def worker_allocators(self) -> list[str | None]:
+        """The malloc each running worker reported ("tcmalloc", "jemalloc", "system"; None until it is ready)."""
+        return [w.allocator for w in self._workers]
 
     def run(self, jobs: Sequence[Job], on_result: OnResult) -> None:
         """Evaluate all jobs; see the module contract."""
@@ -338,6 +370,7 @@ class LocalEvaluator(Evaluator):
                 return _death_reason(w.proc.exitcode)
             if msg[0] == "ready":
                 w.ready = True
+                w.allocator = msg[2]
             elif msg[0] == "fatal":
                 return msg[1]
             elif w.job is not None:

@@ -12,6 +12,7 @@ import yaml
 from evonas import defaults
 from evonas.cells import FilterConfig, op_set
 from evonas.errors import ConfigError
+from evonas.evaluation.allocator import resolve_allocator
 from evonas.evolution.select import SELECTIONS
 from evonas.reporting import optuna_study
 
@@ -35,6 +36,7 @@ class RunConfig:
     ray_address: str | None = None
     device: str = "auto"
     evals_per_gpu: int = defaults.EVALS_PER_GPU  # evaluations sharing one GPU (each in its own process)
+    allocator: str = "auto"  # malloc of the local workers: auto | system | tcmalloc | jemalloc | a library path
     seed: int = 0
     out: str | None = None
     seed_cells: list[str] = field(default_factory=lambda: list(defaults.SEED_CELLS))
@@ -128,6 +130,7 @@ class RunConfig:
                 raise bad(key, f"an integer >= {lo}")
         if not is_int(self.evals_per_gpu) or self.evals_per_gpu < 1:
             raise bad("evals_per_gpu", "an integer >= 1")
+        resolve_allocator(self.allocator)  # a ConfigError naming the allocator when it cannot be used
         if self.init_max_height < self.init_min_height:
             raise bad("init_max_height", f">= init_min_height ({self.init_min_height})")
         for key in ("cx_prob", "explore_share", "random_share"):

@@ -146,7 +146,8 @@ def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evalua
             own = evaluator is None
             evaluator = evaluator or make_evaluator(
                 cfg_run.backend, cfg_run.device, cfg_run.workers, cfg_run.eval_timeout, cfg_run.train.get("threads"),
-                cfg_run.ray_address, cfg_run.evals_per_gpu, log=folder / "workers.log")
+                cfg_run.ray_address, cfg_run.evals_per_gpu, log=folder / "workers.log",
+                allocator=cfg_run.allocator)
             try:
                 evaluator.run(jobs, on_result)
             finally:

@@ -149,7 +149,8 @@ class Search:
         if self._evaluator is None:
             c = self.cfg
             self._evaluator = make_evaluator(c.backend, c.device, c.workers, c.eval_timeout, c.train.get("threads"),
-                                             c.ray_address, c.evals_per_gpu, log=self.dir / WORKERS_LOG)
+                                             c.ray_address, c.evals_per_gpu, log=self.dir / WORKERS_LOG,
+                                             allocator=c.allocator)
         return self._evaluator
 
     def total_evaluations(self) -> int:

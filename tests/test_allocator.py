@@ -1,0 +1,92 @@
+"""The allocator preloaded into evaluation workers: how it is found, refused, and that workers really run with it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import evaluator_jobs as jobs_mod
+import pytest
+from reliability_jobs import assert_one_line_error, run_cli
+
+from evonas.errors import ConfigError
+from evonas.evaluation import Job, LocalEvaluator
+from evonas.evaluation.allocator import find_library, loaded_allocator, preload_value, resolve_allocator
+from evonas.evolution.config import RunConfig
+
+INSTALLED = resolve_allocator("auto")  # a real tcmalloc/jemalloc on this machine (.ci/run installs tcmalloc)
+
+
+def fake_libs(folder: Path, *names: str) -> list[Path]:
+    """A library folder holding empty files named like shared libraries."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return [folder]
+
+
+def test_auto_prefers_tcmalloc_then_jemalloc_and_else_the_system(tmp_path):
+    both = fake_libs(tmp_path / "both", "libjemalloc.so.2", "libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+    assert resolve_allocator("auto", both) == tmp_path / "both" / "libtcmalloc_minimal.so.4"
+    only_je = fake_libs(tmp_path / "je", "libjemalloc.so.2", "libtcmalloc_minimal_debug.so.4")
+    assert resolve_allocator("auto", only_je) == tmp_path / "je" / "libjemalloc.so.2"
+    assert resolve_allocator("jemalloc", only_je) == tmp_path / "je" / "libjemalloc.so.2"
+    assert resolve_allocator("auto", fake_libs(tmp_path / "none", "libc.so.6")) is None
+    assert resolve_allocator("system", both) is None
+    assert find_library("tcmalloc", both) == tmp_path / "both" / "libtcmalloc.so.4"
+
+
+def test_unusable_choices_are_config_errors_that_name_them(tmp_path):
+    empty = fake_libs(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=r"allocator 'tcmalloc' is not installed .*apt install libtcmalloc"):
+        resolve_allocator("tcmalloc", empty)
+    with pytest.raises(ConfigError, match=r"allocator '/no/such/libx.so' is neither"):
+        resolve_allocator("/no/such/libx.so", empty)
+    with pytest.raises(ConfigError, match="allocator must be one of"):
+        resolve_allocator("", empty)
+    with pytest.raises(ConfigError, match="needs Linux"):
+        resolve_allocator("jemalloc", fake_libs(tmp_path / "je", "libjemalloc.so.2"), platform="darwin")
+    assert resolve_allocator("auto", fake_libs(tmp_path / "je", "libjemalloc.so.2"), platform="darwin") is None
+    lib = tmp_path / "je" / "libjemalloc.so.2"
+    assert resolve_allocator(str(lib), empty) == lib.resolve()  # a path to a library file is taken as it is
+    with pytest.raises(ConfigError, match="allocator 'nope'"):
+        RunConfig.from_dict({"allocator": "nope"})
+
+
+def test_preloading_keeps_what_was_preloaded_before():
+    assert preload_value(Path("/a/libtcmalloc.so.4"), None) == "/a/libtcmalloc.so.4"
+    assert preload_value(Path("/a/libtcmalloc.so.4"), "/b/libx.so") == "/a/libtcmalloc.so.4:/b/libx.so"
+
+
+def test_cli_refuses_an_unknown_allocator_in_one_line(tmp_path):
+    proc = run_cli("evolve", "--allocator", "nope", "--out", str(tmp_path / "run"), timeout=120)
+    assert_one_line_error(proc, "allocator 'nope' is neither")
+    assert not (tmp_path / "run").exists()
+
+
+def malloc_of_workers(allocator: str, workers: int = 2) -> tuple[set[str], list[str | None]]:
+    """What each worker of a LocalEvaluator reports: (allocator|LD_PRELOAD) and the pool's own record."""
+    got = {}
+    with LocalEvaluator(workers=workers, fn=jobs_mod.scripted, allocator=allocator) as ev:
+        jobs = [Job(key=f"malloc-{i}", cell=f"malloc-{i}", config={}, generation=0) for i in range(4)]
+        ev.run(jobs, lambda job, r: got.__setitem__(job.key, r.reason))
+        seen = ev.worker_allocators()
+    return set(got.values()), seen
+
+
+@pytest.mark.skipif(INSTALLED is None, reason="no tcmalloc/jemalloc installed (.ci/run installs tcmalloc)")
+def test_workers_run_with_the_preloaded_allocator_and_the_parent_keeps_its_own():
+    before = os.environ.get("LD_PRELOAD")
+    reported, seen = malloc_of_workers("auto")
+    kind = "tcmalloc" if "tcmalloc" in INSTALLED.name else "jemalloc"
+    assert reported == {f"{kind}|{INSTALLED}"}, reported
+    assert seen == [kind, kind]
+    assert os.environ.get("LD_PRELOAD") == before  # only the workers' environment had it
+    assert loaded_allocator() == ("system" if before is None else loaded_allocator())
+
+
+def test_system_choice_preloads_nothing():
+    reported, seen = malloc_of_workers("system", workers=1)
+    expected = os.environ.get("LD_PRELOAD", "-")
+    assert reported == {f"{loaded_allocator()}|{expected}"}, reported
+    assert seen == [loaded_allocator()]
