@@ -376,7 +376,7 @@ def eval_table(args: argparse.Namespace) -> None:
         if "baseline" in trees:
             base = rate["baseline"]
             for tree in [t for t in trees if t != "baseline"]:
-                cold_ratio = f"cold {rate[tree][0] / base[0]:.2f}x, " if rate[tree][0] else ""
+                cold_ratio = f"cold {rate[tree][0] / base[0]:.2f}x, " if rate[tree][0] and base[0] else ""
                 print(f"  speed-up of {tree} over the baseline (evals per CPU-minute): {cold_ratio}"
                       f"warm {rate[tree][1] / base[1]:.2f}x")
                 pairs = list(zip(warm["baseline"][0]["losses"], warm[tree][0]["losses"], strict=True))

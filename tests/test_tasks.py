@@ -113,6 +113,21 @@ def test_music_json_loads_and_batches_with_masks(tmp_path):
     assert float(count) == 4 and float(total) == pytest.approx(4 * N_NOTES * math.log(2), rel=1e-5)
 
 
+def test_music_batches_pad_with_zeros_and_fixed_order_batches_are_made_once(tmp_path):
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(MUSIC))
+    task = get_task("music", str(f))
+    first, again = list(task.batches("train", 4, 0)), list(task.batches("train", 4, 0))
+    assert all(a is b for a, b in zip(first, again, strict=True))  # validation builds no batch twice
+    b = first[0]
+    assert b.mask[:, 1].tolist() == [1, 0, 0] and not b.x[1:, 1].any() and not b.y[1:, 1].any()
+    shuffled = [list(task.batches("train", 4, 0, np.random.default_rng(s))) for s in (0, 0, 1)]
+    assert all(torch.equal(a.x, b.x) for a, b in zip(shuffled[0], shuffled[1], strict=True))
+    assert shuffled[0][0] is not shuffled[1][0]  # shuffled batches are new each time
+    rows = {tuple(b.mask.sum(0).tolist()) for s in shuffled for b in s}
+    assert len(rows) > 1  # the seeds order the sequences differently
+
+
 def test_music_pickle_plain_data_loads(tmp_path):
     f = tmp_path / "m.pickle"
     f.write_bytes(pickle.dumps({k: [[tuple(s) for s in seq] for seq in v] for k, v in MUSIC.items()}))

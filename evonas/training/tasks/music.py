@@ -17,12 +17,13 @@ import io
 import json
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from evonas.errors import DataError
 from evonas.training.tasks.base import Batch, Task
@@ -102,6 +103,7 @@ class MusicTask(Task):
         self.name = name
         self.rolls = {s: [torch.from_numpy(r.astype(np.float32)) for r in rolls[s] if len(r) >= 2] for s in SPLITS}
         self.defaults = dict(DEFAULTS)
+        self._fixed: dict[tuple[str, int], list[Batch]] = {}  # unshuffled batches, see `batches`
 
     @property
     def uniform_loss(self) -> float:
@@ -110,21 +112,25 @@ class MusicTask(Task):
 
     def batches(self, split: str, batch_size: int, bptt: int,
                 rng: np.random.Generator | None = None) -> Iterator[Batch]:
-        """Padded batches of whole sequences, shuffled by `rng` when given."""
-        seqs = self.rolls[split]
-        order = rng.permutation(len(seqs)) if rng is not None else np.arange(len(seqs))
-        for i in range(0, len(seqs), batch_size):
-            chosen = [seqs[j] for j in order[i : i + batch_size]]
-            steps = max(len(s) for s in chosen) - 1
-            x = torch.zeros(steps, len(chosen), N_NOTES)
-            y = torch.zeros(steps, len(chosen), N_NOTES)
-            mask = torch.zeros(steps, len(chosen))
-            for b, s in enumerate(chosen):
-                n = len(s) - 1
-                x[:n, b] = s[:-1]
-                y[:n, b] = s[1:]
-                mask[:n, b] = 1.0
-            yield Batch(x, y, mask, reset=True)
+        """Padded batches of whole sequences, shuffled by `rng` when given. Without `rng` the batches are always
+        the same, so they are made once per split and batch size (validation then builds none)."""
+        if rng is not None:
+            order = rng.permutation(len(self.rolls[split]))
+            return (self._batch(split, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
+        key = (split, batch_size)
+        if key not in self._fixed:
+            n = len(self.rolls[split])
+            self._fixed[key] = [self._batch(split, range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        return iter(self._fixed[key])
+
+    def _batch(self, split: str, chosen: Sequence[int]) -> Batch:
+        """The sequences `chosen` of `split`, zero-padded to the longest (inputs, targets, step mask)."""
+        seqs = [self.rolls[split][int(j)] for j in chosen]
+        x = pad_sequence([s[:-1] for s in seqs])  # [steps, batch, 88], zeros after each sequence's end
+        y = pad_sequence([s[1:] for s in seqs])
+        lengths = torch.tensor([len(s) - 1 for s in seqs])
+        mask = (torch.arange(x.shape[0]).unsqueeze(1) < lengths).float()
+        return Batch(x, y, mask, reset=True)
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """BCE summed over notes and masked steps; the count is the number of real steps."""
