@@ -13,7 +13,10 @@
    one thread) and at JSB's rung 0 (configs/jsb.yaml: hidden 64, 5 epochs): CPU seconds per evaluation,
    cold (`evonas train ... --json` in a fresh process: interpreter, imports, data, training) and warm (a
    process that has already evaluated one cell, as a search worker), for this tree and, with `--baseline
-   DIR`, for another source tree (e.g. `git archive` of an older commit), interleaved run by run.
+   DIR`, for another source tree (e.g. `git archive` of an older commit), interleaved run by run. When an
+   allocator is installed, this tree's warm worker runs twice: with the system's malloc, and with the
+   allocator a search's workers preload (`evonas.evaluation.allocator`, `auto`: tcmalloc, else jemalloc).
+   The cold run is always the system's malloc, as `evonas train` in a terminal has it.
 3. Where one warm evaluation's time goes (data, forward, backward, optimizer, validation) and the start-up.
 
     .venv/bin/python benchmarks/train_speed.py [--quick] [--repeats 7] [--calls 5] [--data JSB.json] [--baseline DIR]
