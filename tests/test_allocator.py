@@ -36,6 +36,15 @@ def test_auto_prefers_tcmalloc_then_jemalloc_and_else_the_system(tmp_path):
     assert find_library("tcmalloc", both) == tmp_path / "both" / "libtcmalloc.so.4"
 
 
+def test_auto_adds_nothing_when_the_environment_already_preloads_an_allocator(tmp_path):
+    both = fake_libs(tmp_path / "both", "libjemalloc.so.2", "libtcmalloc_minimal.so.4")
+    assert resolve_allocator("auto", both, environ={"LD_PRELOAD": "/opt/libmimalloc.so.2"}) is None
+    assert resolve_allocator("auto", both, environ={"LD_PRELOAD": "/x/libjemalloc.so.2"}) is None
+    other = resolve_allocator("auto", both, environ={"LD_PRELOAD": "/x/libfoo.so"})
+    assert other == both[0] / "libtcmalloc_minimal.so.4"
+    assert resolve_allocator("tcmalloc", both, environ={"LD_PRELOAD": "/x/libjemalloc.so.2"}) is not None  # asked
+
+
 def test_unusable_choices_are_config_errors_that_name_them(tmp_path):
     empty = fake_libs(tmp_path / "empty")
     with pytest.raises(ConfigError, match=r"allocator 'tcmalloc' is not installed .*apt install libtcmalloc"):

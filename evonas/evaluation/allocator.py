@@ -10,7 +10,8 @@ own CPU launcher does (`python -m torch.backends.xeon.run_cpu --enable-tcmalloc`
 search, and `evonas train` in a terminal, keep the system's malloc.
 
 Choices (`RunConfig.allocator`, `--allocator`):
-- `auto` (default): tcmalloc, else jemalloc, where found on Linux; else the system's malloc;
+- `auto` (default): tcmalloc, else jemalloc, where found on Linux; else the system's malloc. Nothing is added
+  when `LD_PRELOAD` already names an allocator (the user chose one; the workers inherit it);
 - `system`: the system's malloc;
 - `tcmalloc` / `jemalloc`: that library, a ConfigError when it is not installed;
 - a path to a shared library: that file, a ConfigError when it does not exist.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from evonas.errors import ConfigError
@@ -48,8 +50,10 @@ def find_library(name: str, dirs: list[Path] | None = None) -> Path | None:
     return None
 
 
-def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str = sys.platform) -> Path | None:
-    """The library to preload for `choice` (see the module docstring); None means the system's malloc."""
+def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str = sys.platform,
+                      environ: Mapping[str, str] | None = None) -> Path | None:
+    """The library to preload for `choice` (see the module docstring); None means none is added (the system's
+    malloc, or with `auto` one the environment already preloads)."""
     if not isinstance(choice, str) or not choice:
         raise ConfigError(f"allocator must be one of {', '.join(CHOICES)} or a path to a shared library, "
                           f"got {choice!r}")
@@ -60,6 +64,9 @@ def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str
             return None
         raise ConfigError(f"allocator {choice!r}: preloading an allocator needs Linux (this is {platform})")
     if choice == "auto":
+        preloaded = (os.environ if environ is None else environ).get(PRELOAD, "")
+        if any(word in preloaded for word in ("malloc", *ALLOCATORS)):  # tcmalloc, jemalloc, mimalloc, ...
+            return None
         for names in ALLOCATORS.values():
             for name in names:
                 found = find_library(name, dirs)
