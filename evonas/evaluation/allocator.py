@@ -1,9 +1,9 @@
 """The malloc that evaluation workers run with: tcmalloc (else jemalloc) when installed, else the system's.
 
 Why: a training step at the search's sizes makes and frees thousands of small tensors, and PyTorch takes each
-one's memory from malloc (`posix_memalign`). glibc's aligned path skips its per-thread cache. With tcmalloc
-preloaded, a default evaluation takes about a sixth less CPU time (README "Training speed",
-`benchmarks/train_speed.py --only evals`), with the same results bit for bit.
+one's memory from malloc (`posix_memalign`). With tcmalloc preloaded, a default evaluation takes 1.15-1.2x less
+CPU time than with glibc's malloc (`benchmarks/train_speed.py --only evals`), and a default search's evaluations
+1.10-1.18x less (README "Training speed"), with the same results bit for bit.
 
 The library is preloaded (`LD_PRELOAD`) into the local worker processes only, when they start, as PyTorch's
 own CPU launcher does (`python -m torch.backends.xeon.run_cpu --enable-tcmalloc`). The process that runs the
