@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import evaluator_jobs as jobs_mod
@@ -100,3 +103,31 @@ def test_system_choice_preloads_nothing():
     expected = os.environ.get("LD_PRELOAD", "-")
     assert reported == {f"{loaded_allocator()}|{expected}"}, reported
     assert seen == [loaded_allocator()]  # the one worker ran the jobs, so it was ready
+
+
+RAY_MALLOC = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import evaluator_jobs
+from evonas.evaluation import Job
+from evonas.evaluation.ray_backend import RayEvaluator
+got = {{}}
+ev = RayEvaluator(fn=evaluator_jobs.scripted, num_cpus=1, allocator={allocator!r})
+ev.run([Job("malloc-0", "malloc-0", {{}})], lambda job, r: got.update(reason=r.reason))
+ev.close()
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INSTALLED is None, reason="no tcmalloc/jemalloc installed (.ci/run installs tcmalloc)")
+def test_a_local_ray_the_evaluator_starts_preloads_the_allocator_into_its_workers():
+    pytest.importorskip("ray")
+    tests = str(Path(__file__).resolve().parent)
+    kind = "tcmalloc" if "tcmalloc" in INSTALLED.name else "jemalloc"
+    for allocator, expected in (("auto", f"{kind}|{INSTALLED}"), ("system", "system|-")):
+        proc = subprocess.run([sys.executable, "-c", RAY_MALLOC.format(tests=tests, allocator=allocator)],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": tests, "RAY_memory_monitor_refresh_ms": "0"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["reason"] == expected

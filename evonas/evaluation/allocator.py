@@ -5,9 +5,10 @@ one's memory from malloc (`posix_memalign`). With tcmalloc preloaded, a default 
 CPU time than with glibc's malloc (`benchmarks/train_speed.py --only evals`), and a default search's evaluations
 1.10-1.18x less (README "Training speed"), with the same results bit for bit.
 
-The library is preloaded (`LD_PRELOAD`) into the local worker processes only, when they start, as PyTorch's
-own CPU launcher does (`python -m torch.backends.xeon.run_cpu --enable-tcmalloc`). The process that runs the
-search, and `evonas train` in a terminal, keep the system's malloc.
+The library is preloaded (`LD_PRELOAD`) into the worker processes only, when they start, as PyTorch's own CPU
+launcher does (`python -m torch.backends.xeon.run_cpu --enable-tcmalloc`): the local backend's workers, and
+those of a local Ray that the Ray backend starts itself. The process that runs the search, and `evonas train`
+in a terminal, keep the system's malloc.
 
 Choices (`RunConfig.allocator`, `--allocator`):
 - `auto` (default): tcmalloc, else jemalloc, where found on Linux; else the system's malloc. Nothing is added

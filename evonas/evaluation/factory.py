@@ -66,11 +66,12 @@ def make_evaluator(backend: str = "local", device: str = "auto", workers: int = 
                    fn: JobFn = train_job, log: Path | None = None, allocator: str = "auto") -> Evaluator:
     """The evaluator for these settings (local processes or Ray); device and allocator errors are raised here,
     before work. Local workers write what they print to `log` (the run's workers.log) and run with the malloc
-    `allocator` names (`evonas.evaluation.allocator`; Ray starts its own workers and ignores it)."""
+    `allocator` names (`evonas.evaluation.allocator`; on Ray, only a local Ray the evaluator starts itself)."""
     if backend == "ray":
         from evonas.evaluation.ray_backend import RayEvaluator
 
-        return RayEvaluator(address=ray_address, timeout=timeout, device=device, evals_per_gpu=evals_per_gpu, fn=fn)
+        return RayEvaluator(address=ray_address, timeout=timeout, device=device, evals_per_gpu=evals_per_gpu, fn=fn,
+                            allocator=allocator)
     if backend != "local":
         raise ConfigError(f"backend must be local or ray, got {backend!r}")
     from evonas.evaluation.local import LocalEvaluator

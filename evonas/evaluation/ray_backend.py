@@ -15,6 +15,9 @@
   and "timed out after N s".
 - Worker deaths (ray.exceptions.WorkerCrashedError, node failures, out of memory) and task errors become
   failed results with the Ray error's name and first line.
+- A local Ray that the evaluator starts itself preloads the `allocator` into its workers, as the local backend
+  does (`evonas.evaluation.allocator`, through the job's runtime environment). A cluster found by address, or a
+  Ray already initialised in this process, keeps its own malloc: a library found here need not exist there.
 Ray is optional: it is imported when a RayEvaluator is created.
 """
 
@@ -27,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from evonas.errors import ConfigError
+from evonas.evaluation.allocator import PRELOAD, preload_value, resolve_allocator
 from evonas.evaluation.base import (
     Evaluator,
     Job,
@@ -93,6 +97,7 @@ class RayEvaluator(Evaluator):
         num_cpus: int | None = None,
         device: str | None = None,
         evals_per_gpu: int = 1,
+        allocator: str = "auto",
     ):
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
@@ -103,6 +108,7 @@ class RayEvaluator(Evaluator):
         if device is not None and device not in ("auto", "cpu", "cuda") and not (
                 device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:N")
+        preload = resolve_allocator(allocator)
         ray = _import_ray()
         self.timeout = timeout
         self.fn = fn  # Ray serializes it (by reference for a module-level function)
@@ -114,6 +120,8 @@ class RayEvaluator(Evaluator):
                                       "log_to_driver": False}
             if address is None and num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
+            if address is None and preload is not None:  # a Ray on this machine: its workers find the library
+                kwargs["runtime_env"] = {"env_vars": {PRELOAD: preload_value(preload, os.environ.get(PRELOAD))}}
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
