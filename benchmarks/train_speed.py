@@ -325,7 +325,7 @@ def contenders(args: argparse.Namespace) -> dict[str, tuple[Path | None, Path | 
     """The evaluation table's rows: label -> (source tree, None for this checkout; allocator preloaded into the
     worker, None for the system's malloc). This tree runs as a search's workers do (with the allocator `auto`
     finds, when one is installed), and also with the system's malloc; a baseline tree with the system's."""
-    from evonas.evaluation.allocator import loaded_allocator, resolve_allocator
+    from evonas.evaluation.allocator import allocator_of, loaded_allocator, resolve_allocator
 
     preload = resolve_allocator("auto")
     rows: dict[str, tuple[Path | None, Path | None]] = {}
@@ -335,7 +335,7 @@ def contenders(args: argparse.Namespace) -> dict[str, tuple[Path | None, Path | 
         rows["this tree"] = (None, None)
     else:
         rows["this tree, glibc"] = (None, None)
-        rows[f"this tree, {preload.name.split('.')[0].removeprefix('lib').split('_')[0]}"] = (None, preload)
+        rows[f"this tree, {allocator_of(preload.name)}"] = (None, preload)
     assert loaded_allocator() == "system", "run the benchmark itself without LD_PRELOAD"
     return rows
 

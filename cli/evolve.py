@@ -58,8 +58,8 @@ def _summary(best: dict) -> None:
 @click.option("--evals-per-gpu", type=int, default=None,
               help="Evaluations sharing one GPU, each in its own process (default 2).")
 @click.option("--allocator", default=None,
-              help="malloc of the local workers: auto (tcmalloc or jemalloc when installed) | system | tcmalloc | "
-                   "jemalloc | a library path.")
+              help="malloc of the evaluation workers (local, or a local Ray evonas starts): auto (tcmalloc or "
+                   "jemalloc when installed) | system | tcmalloc | jemalloc | a library path.")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", default=None, help="Run folder (default: runs/<timestamp>).")
 @click.option("--seed-cells", default=None, help="Comma-separated library names (lstm,gru,...); '' for none.")
@@ -92,12 +92,8 @@ def evolve(config_file: str | None, out: str | None, seed_cells: str | None, sho
         return
     _check_data(cfg)
     run_dir = Path(out or cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    from evonas.evaluation.factory import make_evaluator
-
     # Device and backend problems (--device cuda without a GPU, no Ray cluster) fail here, before the run folder.
-    evaluator = make_evaluator(cfg.backend, cfg.device, cfg.workers, cfg.eval_timeout, cfg.train.get("threads"),
-                               cfg.ray_address, cfg.evals_per_gpu, log=run_dir / WORKERS_LOG,
-                               allocator=cfg.allocator)
+    evaluator = cfg.evaluator(run_dir / WORKERS_LOG)
 
     def start() -> Search:
         if (run_dir / "checkpoint.json").exists() or (run_dir / "archive.sqlite").exists():
@@ -185,7 +181,7 @@ def _check_data(cfg: Any) -> None:
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None)
 @click.option("--ray-address", default=None)
 @click.option("--evals-per-gpu", type=int, default=None, help="Evaluations sharing one GPU.")
-@click.option("--allocator", default=None, help="malloc of the local workers (see evolve --help).")
+@click.option("--allocator", default=None, help="malloc of the evaluation workers (see evolve --help).")
 @click.option("--json", "as_json", is_flag=True, help="Also write each generation's logbook line (JSON) to stdout.")
 def resume(run: str, as_json: bool, **overrides: Any) -> None:
     """Continue a stopped run: archived evaluations are looked up, never trained again."""

@@ -14,7 +14,13 @@ from reliability_jobs import assert_one_line_error, run_cli
 
 from evonas.errors import ConfigError
 from evonas.evaluation import Job, LocalEvaluator
-from evonas.evaluation.allocator import find_library, loaded_allocator, preload_value, resolve_allocator
+from evonas.evaluation.allocator import (
+    allocator_of,
+    find_library,
+    loaded_allocator,
+    preload_value,
+    resolve_allocator,
+)
 from evonas.evolution.config import RunConfig
 
 INSTALLED = resolve_allocator("auto")  # a real tcmalloc/jemalloc on this machine (.ci/run installs tcmalloc)
@@ -37,6 +43,8 @@ def test_auto_prefers_tcmalloc_then_jemalloc_and_else_the_system(tmp_path):
     assert resolve_allocator("auto", fake_libs(tmp_path / "none", "libc.so.6")) is None
     assert resolve_allocator("system", both) is None
     assert find_library("tcmalloc", both) == tmp_path / "both" / "libtcmalloc.so.4"
+    assert [allocator_of(n) for n in ("libtcmalloc_minimal.so.4", "/x/libjemalloc.so.2", "libc.so.6")] == [
+        "tcmalloc", "jemalloc", None]
 
 
 def test_auto_adds_nothing_when_the_environment_already_preloads_an_allocator(tmp_path):
@@ -90,7 +98,7 @@ def malloc_of_workers(allocator: str, workers: int = 2) -> tuple[set[str], list[
 def test_workers_run_with_the_preloaded_allocator_and_the_parent_keeps_its_own():
     before = os.environ.get("LD_PRELOAD")
     reported, seen = malloc_of_workers("auto")
-    kind = "tcmalloc" if "tcmalloc" in INSTALLED.name else "jemalloc"
+    kind = allocator_of(INSTALLED.name)
     assert reported == {f"{kind}|{INSTALLED}"}, reported
     assert len(seen) == 2 and kind in seen and set(seen) <= {kind, None}  # None: a worker not ready yet
     assert os.environ.get("LD_PRELOAD") == before  # only the workers' environment had it
@@ -124,7 +132,7 @@ print(json.dumps(got))
 def test_a_local_ray_the_evaluator_starts_preloads_the_allocator_into_its_workers():
     pytest.importorskip("ray")
     tests = str(Path(__file__).resolve().parent)
-    kind = "tcmalloc" if "tcmalloc" in INSTALLED.name else "jemalloc"
+    kind = allocator_of(INSTALLED.name)
     for allocator, expected in (("auto", f"{kind}|{INSTALLED}"), ("system", "system|-")):
         proc = subprocess.run([sys.executable, "-c", RAY_MALLOC.format(tests=tests, allocator=allocator)],
                               capture_output=True, text=True, timeout=600,

@@ -51,6 +51,15 @@ def find_library(name: str, dirs: list[Path] | None = None) -> Path | None:
     return None
 
 
+def find_allocator(allocator: str, dirs: list[Path] | None = None) -> Path | None:
+    """The library of `allocator` ("tcmalloc", "jemalloc"): its first name in `ALLOCATORS` found in `dirs`."""
+    for name in ALLOCATORS[allocator]:
+        found = find_library(name, dirs)
+        if found is not None:
+            return found
+    return None
+
+
 def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str = sys.platform,
                       environ: Mapping[str, str] | None = None) -> Path | None:
     """The library to preload for `choice` (see the module docstring); None means none is added (the system's
@@ -68,17 +77,15 @@ def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str
         preloaded = (os.environ if environ is None else environ).get(PRELOAD, "")
         if any(word in preloaded for word in ("malloc", *ALLOCATORS)):  # tcmalloc, jemalloc, mimalloc, ...
             return None
-        for names in ALLOCATORS.values():
-            for name in names:
-                found = find_library(name, dirs)
-                if found is not None:
-                    return found
-        return None
-    if choice in ALLOCATORS:
-        for name in ALLOCATORS[choice]:
-            found = find_library(name, dirs)
+        for allocator in ALLOCATORS:  # in order of preference
+            found = find_allocator(allocator, dirs)
             if found is not None:
                 return found
+        return None
+    if choice in ALLOCATORS:
+        found = find_allocator(choice, dirs)
+        if found is not None:
+            return found
         looked = ", ".join(str(d) for d in (library_dirs() if dirs is None else dirs))
         raise ConfigError(f"allocator {choice!r} is not installed (looked in {looked}); {INSTALL_HINT}")
     path = Path(choice).expanduser()
@@ -92,13 +99,18 @@ def preload_value(library: Path, current: str | None) -> str:
     return f"{library}:{current}" if current else str(library)
 
 
+def allocator_of(text: str) -> str | None:
+    """The known allocator ("tcmalloc", "jemalloc") whose library `text` names (a path, a file name, the
+    process's memory map), or None."""
+    for allocator, names in ALLOCATORS.items():
+        if any(f"lib{name}.so" in text for name in names):
+            return allocator
+    return None
+
+
 def loaded_allocator() -> str:
     """Which allocator this process runs with: "tcmalloc", "jemalloc" or "system" (from /proc/self/maps)."""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        return allocator_of(Path("/proc/self/maps").read_text()) or "system"
     except OSError:
         return "system"
-    for allocator, names in ALLOCATORS.items():
-        if any(f"/lib{name}.so" in maps for name in names):
-            return allocator
-    return "system"

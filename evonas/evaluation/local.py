@@ -107,7 +107,7 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _redirect_output(path: str) -> None:
+def _redirect_output(path: str, malloc: str) -> None:
     """Send this process's stdout and stderr (file descriptors 1 and 2: C libraries too) to the end of `path`."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -123,14 +123,15 @@ def _redirect_output(path: str) -> None:
         if stream is not None:
             stream.reconfigure(line_buffering=True)
     print(f"--- {mp.current_process().name} (pid {os.getpid()}) started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-          f"malloc: {loaded_allocator()}", flush=True)
+          f"malloc: {malloc}", flush=True)
 
 
 def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, parent_pid: int,
                  log: str | None = None) -> None:
     """Worker process: output to `log` (when given), set up threads/device, then answer one job at a time."""
+    malloc = loaded_allocator()
     if log is not None:
-        _redirect_output(log)
+        _redirect_output(log, malloc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -144,7 +145,7 @@ def _worker_main(conn: Any, fn_ref: Any, env: dict[str, str], threads: int, pare
         conn.send(("fatal", f"cannot load job function: {describe_exception(exc)}"))
         return
     try:
-        conn.send(("ready", os.getpid(), loaded_allocator()))
+        conn.send(("ready", os.getpid(), malloc))
     except OSError:  # BrokenPipeError: the parent was killed while this worker started; exit quietly
         return
     while True:

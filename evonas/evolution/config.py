@@ -13,6 +13,8 @@ from evonas import defaults
 from evonas.cells import FilterConfig, op_set
 from evonas.errors import ConfigError
 from evonas.evaluation.allocator import resolve_allocator
+from evonas.evaluation.base import Evaluator
+from evonas.evaluation.factory import make_evaluator
 from evonas.evolution.select import SELECTIONS
 from evonas.reporting import optuna_study
 
@@ -36,7 +38,7 @@ class RunConfig:
     ray_address: str | None = None
     device: str = "auto"
     evals_per_gpu: int = defaults.EVALS_PER_GPU  # evaluations sharing one GPU (each in its own process)
-    allocator: str = "auto"  # malloc of the local workers: auto | system | tcmalloc | jemalloc | a library path
+    allocator: str = "auto"  # malloc of the evaluation workers: auto | system | tcmalloc | jemalloc | a library path
     seed: int = 0
     out: str | None = None
     seed_cells: list[str] = field(default_factory=lambda: list(defaults.SEED_CELLS))
@@ -252,6 +254,12 @@ class RunConfig:
             return [base]
         unit = self.fidelity_unit()
         return [{**base, "steps": None, "epochs": None, "seconds": None, unit: b} for b in self.fidelity["rungs"]]
+
+    def evaluator(self, log: Path) -> Evaluator:
+        """The evaluator this run asks for (backend, device, workers, time limit, threads, GPU packing,
+        allocator), its workers printing to `log`; device, backend and allocator errors are raised here."""
+        return make_evaluator(self.backend, self.device, self.workers, self.eval_timeout, self.train.get("threads"),
+                              self.ray_address, self.evals_per_gpu, log=log, allocator=self.allocator)
 
     def filter_config(self) -> FilterConfig:
         """The structural filters of this run (`defaults.SEARCH_FILTERS`, then the config's `filters`)."""

@@ -108,8 +108,6 @@ def plan(run: Path, settings: ConfirmSettings) -> tuple[list[dict], dict, Any]:
 def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evaluator: Evaluator | None = None,
             out: IO[str] | None = None) -> dict:
     """Retrain, compare and write the confirmation of a finished run; returns what confirm.json holds."""
-    from evonas.evaluation.factory import make_evaluator
-
     run = Path(run_dir)
     settings = settings or ConfirmSettings()
     if isinstance(settings.match_params, str):
@@ -144,10 +142,7 @@ def confirm(run_dir: str | Path, settings: ConfirmSettings | None = None, evalua
 
         if jobs:
             own = evaluator is None
-            evaluator = evaluator or make_evaluator(
-                cfg_run.backend, cfg_run.device, cfg_run.workers, cfg_run.eval_timeout, cfg_run.train.get("threads"),
-                cfg_run.ray_address, cfg_run.evals_per_gpu, log=folder / "workers.log",
-                allocator=cfg_run.allocator)
+            evaluator = evaluator or cfg_run.evaluator(folder / "workers.log")
             try:
                 evaluator.run(jobs, on_result)
             finally:

@@ -21,7 +21,6 @@ from typing import IO, Any
 from evonas.cells import Node, canonical_text, check, parse, to_text
 from evonas.errors import CellError, CellSyntaxError, CheckpointError, ConfigError, EvonasError
 from evonas.evaluation import Evaluator, Job, failed_result
-from evonas.evaluation.factory import make_evaluator
 from evonas.evolution import curves
 from evonas.evolution import screen as scr
 from evonas.evolution.config import RunConfig
@@ -147,10 +146,7 @@ class Search:
     def evaluator(self) -> Evaluator:
         """The evaluator (created from the config on first use when none was given)."""
         if self._evaluator is None:
-            c = self.cfg
-            self._evaluator = make_evaluator(c.backend, c.device, c.workers, c.eval_timeout, c.train.get("threads"),
-                                             c.ray_address, c.evals_per_gpu, log=self.dir / WORKERS_LOG,
-                                             allocator=c.allocator)
+            self._evaluator = self.cfg.evaluator(self.dir / WORKERS_LOG)
         return self._evaluator
 
     def total_evaluations(self) -> int:
