@@ -62,6 +62,9 @@ def test_unusable_choices_are_config_errors_that_name_them(tmp_path):
         resolve_allocator("tcmalloc", empty)
     with pytest.raises(ConfigError, match=r"allocator '/no/such/libx.so' is neither"):
         resolve_allocator("/no/such/libx.so", empty)
+    for odd in ("~no_such_user_0/lib.so", "~\x00", "lib\x00.so"):  # found by the config fuzzer
+        with pytest.raises(ConfigError, match="is neither"):
+            resolve_allocator(odd, empty)
     with pytest.raises(ConfigError, match="allocator must be one of"):
         resolve_allocator("", empty)
     with pytest.raises(ConfigError, match="needs Linux"):

@@ -88,8 +88,12 @@ def resolve_allocator(choice: str, dirs: list[Path] | None = None, platform: str
             return found
         looked = ", ".join(str(d) for d in (library_dirs() if dirs is None else dirs))
         raise ConfigError(f"allocator {choice!r} is not installed (looked in {looked}); {INSTALL_HINT}")
-    path = Path(choice).expanduser()
-    if not path.is_file():
+    try:
+        path = Path(choice).expanduser()  # "~user" with no such user, or a null byte: not a file either
+        found = path.is_file()
+    except (RuntimeError, ValueError, OSError):
+        found = False
+    if not found:
         raise ConfigError(f"allocator {choice!r} is neither {', '.join(CHOICES)} nor an existing library file")
     return path.resolve()
 
